@@ -1,0 +1,189 @@
+"""Array-module dispatch: one numerical source for NumPy (CPU) and CuPy (GPU).
+
+Every public function of :mod:`kernels_gpu` calls :func:`get_array_module` on its
+input and works on whatever module it gets back, so a CuPy array stays on its
+device and a NumPy array never touches CuPy.  CuPy is imported lazily, the first
+time a caller asks for the GPU, so importing this package never needs a GPU or
+even CuPy.
+
+Environment:
+
+``GOODREGIONS_FORCE_CPU=1``
+    Pretend CuPy is absent: :func:`gpu_available` is False and
+    :func:`to_device` with ``"gpu"`` raises.  Useful on machines whose CuPy
+    build does not match the driver.
+``GOODREGIONS_FFT_WORKERS``
+    Threads for ``scipy.fft`` (default: all cores).
+``GOODREGIONS_CUPY_PLAN_CACHE``
+    Size of CuPy's cuFFT plan cache per device (default 16 plans); the cache
+    is unbounded in CuPy's default, which grows without limit when pyramid
+    levels produce many distinct shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+__all__ = [
+    "TOLERANCE",
+    "fft_workers",
+    "fftn",
+    "gpu_available",
+    "get_array_module",
+    "ifftn",
+    "irfft2",
+    "ndimage",
+    "next_fast_len",
+    "prev_fast_len",
+    "rfft2",
+    "to_device",
+    "to_numpy",
+]
+
+#: Relative/absolute tolerances per dtype used by parity and property tests.
+TOLERANCE: dict[str, dict[str, float]] = {
+    "float32": {"rtol": 1e-4, "atol": 1e-5},
+    "float64": {"rtol": 1e-10, "atol": 1e-12},
+}
+
+
+def _force_cpu() -> bool:
+    return os.environ.get("GOODREGIONS_FORCE_CPU", "").strip().lower() in {"1", "true", "yes"}
+
+
+@functools.cache
+def _cupy() -> ModuleType | None:
+    """CuPy if it imports and sees a device, else None (probed once)."""
+    if _force_cpu():
+        return None
+    try:
+        import cupy
+    except Exception:  # ImportError, or a broken CUDA install
+        return None
+    try:
+        if not cupy.cuda.is_available():
+            return None
+        size = int(os.environ.get("GOODREGIONS_CUPY_PLAN_CACHE", "16"))
+        cupy.fft.config.get_plan_cache().set_size(size)
+    except Exception:
+        return None
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports, a CUDA device answers and the CPU is not forced."""
+    return _cupy() is not None
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """NumPy or CuPy, whichever owns the arrays (NumPy for non-arrays)."""
+    for a in arrays:
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            cp = _cupy()
+            if cp is None:  # a CuPy array exists, so CuPy imports: use it directly
+                import cupy as cp
+            return cp
+    return np
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A host copy of ``x`` (no copy when it already is a NumPy array)."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
+
+
+def to_device(x: Any, device: str = "cpu") -> Any:
+    """Move ``x`` to ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy, current device)."""
+    if device == "cpu":
+        return to_numpy(x)
+    if device == "gpu":
+        cp = _cupy()
+        if cp is None:
+            raise RuntimeError("device 'gpu' requested but CuPy or a CUDA device is not available")
+        return cp.asarray(x)
+    raise ValueError(f"unknown device {device!r} (expected 'cpu' or 'gpu')")
+
+
+def ndimage(xp: ModuleType) -> ModuleType:
+    """``scipy.ndimage`` or ``cupyx.scipy.ndimage`` to match ``xp``."""
+    if xp is np:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage
+
+    return cupyx.scipy.ndimage
+
+
+def fft_workers() -> int:
+    """Threads for scipy.fft: ``GOODREGIONS_FFT_WORKERS`` or every core we may use."""
+    env = os.environ.get("GOODREGIONS_FFT_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest size >= n that FFTs fast on both pocketfft and cuFFT (5-smooth)."""
+    # 5-smooth sizes are fast for both; scipy's own next_fast_len would allow 7 and 11,
+    # which cuFFT handles with slower kernels.
+    m = int(n)
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def prev_fast_len(n: int) -> int:
+    """Largest 5-smooth size <= n (for cropping a window to a fast FFT size)."""
+    m = int(n)
+    while m > 1 and next_fast_len(m) != m:
+        m -= 1
+    return max(m, 1)
+
+
+def _fft_module(x: Any) -> tuple[ModuleType, dict]:
+    if get_array_module(x) is np:
+        return scipy.fft, {"workers": fft_workers()}
+    import cupyx.scipy.fft
+
+    return cupyx.scipy.fft, {}
+
+
+def rfft2(x: Any, s: tuple[int, int] | None = None) -> Any:
+    """Real FFT over the last two axes (zero-padded to ``s`` if given)."""
+    mod, kw = _fft_module(x)
+    return mod.rfft2(x, s=s, axes=(-2, -1), **kw)
+
+
+def irfft2(x: Any, s: tuple[int, int]) -> Any:
+    """Inverse of :func:`rfft2`; ``s`` is the real output shape of the last two axes."""
+    mod, kw = _fft_module(x)
+    return mod.irfft2(x, s=s, axes=(-2, -1), **kw)
+
+
+def fftn(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
+    """Complex FFT over ``axes``."""
+    mod, kw = _fft_module(x)
+    return mod.fftn(x, axes=axes, **kw)
+
+
+def ifftn(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
+    """Inverse complex FFT over ``axes``."""
+    mod, kw = _fft_module(x)
+    return mod.ifftn(x, axes=axes, **kw)
