@@ -59,6 +59,12 @@ class L0GradParams:
     beta_max: float = 1e5
     kernel_threshold: float = 0.05
     min_component_mass: float = 0.1
+    salient_per_bin: float = 0.0
+    solver: str = "fourier"
+    border_mask: float = 0.0
+    final_kernel_step: bool = False
+    noise_weight: float = 0.0
+    cg_iterations: int = 20
 
     def __post_init__(self) -> None:
         if not (self.lam > 0 and self.lam_min > 0 and self.gamma > 0 and self.beta_max > 2 * self.lam):
@@ -129,12 +135,80 @@ def l0_image_step(fv: Any, kotf: Any, dtd: Any, v: Any, lam: float, beta_max: fl
     return u, (fu if u is not v else xp.asarray(fv))
 
 
-def kernel_step(fu: Any, fv: Any, dtd: Any, gamma: float, size: int, shape: tuple[int, int]) -> Any:
-    """Closed-form Fourier kernel of size ``size`` from latent and blurred spectra (uncleaned)."""
-    num = dtd * (fu.conj() * fv)
-    den = dtd * (fu.real**2 + fu.imag**2) + gamma
-    full = irfft2(num / den, s=shape)
+def salient_gradients(u: Any, count: int) -> tuple[Any, Any]:
+    """Gradients of ``u`` kept only where they are among the ``count`` strongest of their orientation bin."""
+    xp = get_array_module(u)
+    gx, gy = _gradient_energy_sum(u)
+    pm = gx * gx + gy * gy
+    B = u.shape[0]
+    # 4 orientation bins of the gradient direction, as in Cho & Lee / Pan's threshold_pxpy
+    angle = xp.arctan2(gy, gx)
+    a = xp.mod(angle, xp.pi)  # direction modulo pi
+    bins = xp.minimum((a / (xp.pi / 4)).astype(xp.int32), 3)
+    flat = pm.reshape(B, -1)
+    fb = bins.reshape(B, -1)
+    th = xp.full((B,), xp.inf, dtype=pm.dtype)
+    n = flat.shape[1]
+    count = min(count, n)
+    for b in range(4):
+        vals = xp.where(fb == b, flat, -1)
+        kth = -xp.partition(-vals, count - 1, axis=1)[:, count - 1]
+        th = xp.minimum(th, kth)
+    th = xp.maximum(th, 0)
+    keep = pm >= th.reshape(B, 1, 1)
+    return gx * keep, gy * keep
+
+
+def noise_sigma(v: Any) -> Any:
+    """Per-window noise level: MAD of the finest diagonal Haar coefficients (Donoho), shape (B, 1, 1)."""
+    xp = get_array_module(v)
+    H, W = v.shape[-2:]
+    a = v[..., : H - H % 2, : W - W % 2]
+    d = (a[..., 0::2, 0::2] - a[..., 0::2, 1::2] - a[..., 1::2, 0::2] + a[..., 1::2, 1::2]) / 2
+    flat = xp.abs(d).reshape(d.shape[:-2] + (-1,))
+    return (xp.median(flat, axis=-1) / 0.6745).reshape(d.shape[:-2] + (1, 1))
+
+
+def kernel_step(fu, fv, dtd, gamma, size, shape, gsal=None, fgv=None, solver="fourier", k0=None, wiener=None):
+    """Kernel of size ``size`` from latent and blurred spectra (uncleaned)."""
+    if gsal is not None:
+        fx, fy = rfft2(gsal[0]), rfft2(gsal[1])
+        num = fx.conj() * fgv[0] + fy.conj() * fgv[1]
+        den = fx.real**2 + fx.imag**2 + fy.real**2 + fy.imag**2
+    else:
+        num = dtd * (fu.conj() * fv)
+        den = dtd * (fu.real**2 + fu.imag**2 + (wiener if wiener is not None else 0))
+    if solver == "support":
+        return _support_solve(num, den, gamma, size, shape, k0, 20)
+    full = irfft2(num / (den + gamma), s=shape)
     return extract_kernel(full, size)
+
+
+def _support_solve(num: Any, den_m: Any, gamma: float, size: int, shape, k0: Any, iters: int) -> Any:
+    """min_k |g_u * k - g_v|^2 + gamma |k|^2 with k supported on size x size, by batched CG.
+
+    num: conj(F g_u) F g_v summed over directions; den_m: sum |F g_u|^2 (real).
+    """
+    from ..conv import convolve
+    xp = get_array_module(num)
+    c = extract_kernel(irfft2(num, s=shape), size)  # cross-correlation at lags within the support
+    R = extract_kernel(irfft2(den_m.astype(num.real.dtype), s=shape), 2 * size - 1)  # autocorrelation lags
+    def A(k):
+        return convolve(k, R, "full")[..., size - 1 : 2 * size - 1, size - 1 : 2 * size - 1] + gamma * k
+    k = k0.astype(c.dtype) if k0 is not None else xp.full_like(c, 1.0 / size**2)
+    r = c - A(k)
+    p = r.copy()
+    rs = (r * r).sum(axis=(-2, -1), keepdims=True)
+    for _ in range(iters):
+        Ap = A(p)
+        pAp = (p * Ap).sum(axis=(-2, -1), keepdims=True)
+        alpha = rs / xp.where(pAp > 0, pAp, 1)
+        k = k + alpha * p
+        r = r - alpha * Ap
+        rn = (r * r).sum(axis=(-2, -1), keepdims=True)
+        p = r + (rn / xp.where(rs > 0, rs, 1)) * p
+        rs = rn
+    return k
 
 
 def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None) -> Any:
@@ -173,11 +247,30 @@ def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None)
         fv = rfft2(vs)
         fu = rfft2(u)
         dtd = difference_otf_energy(shape, xp)
-        for _ in range(params.iterations):
-            k = kops.clean(kernel_step(fu, fv, dtd, params.gamma, ks, shape),
+        gvx, gvy = _gradient_energy_sum(vs)
+        mask = None
+        if params.border_mask > 0:
+            b = int(round(params.border_mask * ks))
+            mask = xp.zeros(shape, dtype=vs.dtype)
+            mask[b:shape[0]-b, b:shape[1]-b] = 1
+            gvx, gvy = gvx * mask, gvy * mask
+        fgv = (rfft2(gvx), rfft2(gvy))
+        wiener = None
+        if params.noise_weight > 0:
+            wiener = params.noise_weight * shape[0] * shape[1] * noise_sigma(vs) ** 2
+        for it in range(params.iterations + (1 if (params.final_kernel_step and level == 0) else 0)):
+            gsal = salient_gradients(u, int(params.salient_per_bin * ks)) if params.salient_per_bin > 0 else None
+            if mask is not None:
+                if gsal is None:
+                    gsal = _gradient_energy_sum(u)
+                gsal = (gsal[0] * mask, gsal[1] * mask)
+            k0 = k if (k is not None and k.shape[-1] == ks) else None
+            k = kops.clean(kernel_step(fu, fv, dtd, params.gamma, ks, shape, gsal, fgv, params.solver, k0, wiener),
                            params.kernel_threshold, params.min_component_mass)
             from ..conv import kernel_otf
 
+            if it == params.iterations:
+                break
             u, fu = l0_image_step(fv, kernel_otf(k, shape), dtd, vs, lam, params.beta_max)
             lam = max(lam * params.lam_ratio, params.lam_min)
     return k.astype(xp.float32, copy=False)
