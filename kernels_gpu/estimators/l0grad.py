@@ -257,7 +257,7 @@ def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None)
         fgv = (rfft2(gvx), rfft2(gvy))
         wiener = None
         if params.noise_weight > 0:
-            wiener = params.noise_weight * shape[0] * shape[1] * noise_sigma(vs) ** 2
+            sigma2 = noise_sigma(vs) ** 2
         for it in range(params.iterations + (1 if (params.final_kernel_step and level == 0) else 0)):
             gsal = salient_gradients(u, int(params.salient_per_bin * ks)) if params.salient_per_bin > 0 else None
             if mask is not None:
@@ -265,6 +265,9 @@ def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None)
                     gsal = _gradient_energy_sum(u)
                 gsal = (gsal[0] * mask, gsal[1] * mask)
             k0 = k if (k is not None and k.shape[-1] == ks) else None
+            if params.noise_weight > 0:
+                power = (k0 * k0).sum(axis=(-2, -1), keepdims=True) if k0 is not None else 1.0 / ks
+                wiener = params.noise_weight * shape[0] * shape[1] * sigma2 / power
             k = kops.clean(kernel_step(fu, fv, dtd, params.gamma, ks, shape, gsal, fgv, params.solver, k0, wiener),
                            params.kernel_threshold, params.min_component_mass)
             from ..conv import kernel_otf

@@ -1,0 +1,185 @@
+"""The ``goodregions`` command line.
+
+Commands import their heavy dependencies lazily: ``goodregions estimate`` never
+imports Ray or torch.  Bad input ends with one line ``Error: <file or option>:
+<problem>`` and exit status 1, and never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import numpy as np
+
+from .files import InputError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _user_errors(func: Callable) -> Callable:
+    """Turn :class:`InputError` (and ValueError from validation) into a one-line click error."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="goodregions", prog_name="goodregions")
+def main() -> None:
+    """goodregions: learn which image regions are good for blind kernel estimation.
+
+    Synthesise blurred data, label every window with a blind kernel estimator
+    (distributed on Ray), train a window classifier, and deblur new images from
+    their best window.
+    """
+
+
+def _load_input(image: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image path or ``builtin:NAME``; returns ``(pixels, true kernel or None)``."""
+    from .files import read_image
+    from .samples import is_builtin, load_builtin
+
+    if is_builtin(image):
+        sample = load_builtin(image)
+        return sample.blurred, sample.kernel
+    return read_image(image), None
+
+
+def _crop_window(pixels: np.ndarray, window: tuple[int, int, int] | None, kernel_size: int) -> np.ndarray:
+    if window is None:
+        if kernel_size > min(pixels.shape):
+            raise InputError(f"--kernel-size: {kernel_size} is larger than the image {pixels.shape[0]}x{pixels.shape[1]}")
+        return pixels
+    y, x, size = window
+    H, W = pixels.shape
+    if y < 0 or x < 0 or size < 1 or y + size > H or x + size > W:
+        raise InputError(f"--window: {y} {x} {size} lies outside the image {H}x{W}")
+    if kernel_size > size:
+        raise InputError(f"--kernel-size: {kernel_size} is larger than the window ({size} px)")
+    return pixels[y : y + size, x : x + size]
+
+
+def _check_kernel_size(kernel_size: int) -> None:
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise InputError(f"--kernel-size: must be an odd number >= 3, got {kernel_size}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("image")
+@click.option("--kernel-size", "-k", type=int, required=True, help="Odd size of the kernel to estimate (px).")
+@click.option("--estimator", "-e", default="l0grad", show_default=True, help="Registered estimator name.")
+@click.option("--window", type=(int, int, int), default=None, metavar="Y X SIZE",
+              help="Estimate from this square window only (default: the whole image).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Kernel file to write (.npy).")
+@click.option("--true-kernel", type=click.Path(dir_okay=False), default=None,
+              help="Known kernel: report the Hu & Yang similarity of the estimate.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@_user_errors
+def estimate(image: str, kernel_size: int, estimator: str, window: Any, out: str, true_kernel: str | None,
+             device: str) -> None:
+    """Estimate the blur kernel of IMAGE (PNG/JPEG/TIFF, or builtin:NAME for a bundled sample).
+
+    Writes the kernel (float32, sum 1, convolution orientation) to OUT and a PNG
+    preview beside it.
+    """
+    from kernels_gpu import estimators
+    from kernels_gpu.backend import gpu_available, to_device, to_numpy
+    from kernels_gpu.similarity import similarity
+
+    from .files import read_kernel, write_kernel, write_kernel_preview
+
+    _check_kernel_size(kernel_size)
+    out_path = pathlib.Path(out)
+    if out_path.suffix.lower() != ".npy":
+        raise InputError(f"--out: {out} must end in .npy")
+    try:
+        est = estimators.get(estimator)
+    except KeyError:
+        raise InputError(f"--estimator: unknown estimator {estimator!r} "
+                         f"(registered: {', '.join(estimators.available())})") from None
+    pixels, truth = _load_input(image)
+    if true_kernel is not None:
+        truth = read_kernel(true_kernel)
+    region = _crop_window(pixels, window, kernel_size)
+    use_gpu = device == "gpu" or (device == "auto" and gpu_available())
+    if device == "gpu" and not gpu_available():
+        raise InputError("--device: gpu requested but CuPy or a CUDA device is not available")
+    batch = to_device(region[None], "gpu" if use_gpu else "cpu")
+    start = time.perf_counter()
+    kernel = to_numpy(est(batch, kernel_size))[0]
+    seconds = time.perf_counter() - start
+    write_kernel(out_path, kernel)
+    preview = out_path.with_suffix(".png")
+    write_kernel_preview(preview, kernel)
+    line = f"{est.id}: {kernel_size}x{kernel_size} kernel from {region.shape[0]}x{region.shape[1]} px in {seconds:.2f} s"
+    if truth is not None:
+        line += f"; similarity to the true kernel {float(similarity(kernel, truth)):.3f}"
+    click.echo(line)
+    click.echo(f"wrote {out_path} and {preview}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("image")
+@click.option("--kernel", type=click.Path(dir_okay=False), required=True, help="Kernel file (.npy, .png or .mat).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Deblurred image to write (.png).")
+@click.option("--alpha", type=click.Choice(["2/3", "1"]), default="2/3", show_default=True,
+              help="Exponent of the hyper-Laplacian prior.")
+@click.option("--weight", type=float, default=None, help="Data-term weight lambda (default: the deconvolver's).")
+@_user_errors
+def deblur(image: str, kernel: str, out: str, alpha: str, weight: float | None) -> None:
+    """Deconvolve the whole IMAGE with KERNEL (Krishnan & Fergus hyper-Laplacian prior)."""
+    from kernels_gpu.deconv import deconvolve
+
+    from .files import read_kernel, write_png
+
+    out_path = pathlib.Path(out)
+    if out_path.suffix.lower() != ".png":
+        raise InputError(f"--out: {out} must end in .png")
+    pixels, _ = _load_input(image)
+    k = read_kernel(kernel)
+    if max(k.shape) > min(pixels.shape):
+        raise InputError(f"{kernel}: kernel {k.shape[0]}x{k.shape[1]} is larger than the image "
+                         f"{pixels.shape[0]}x{pixels.shape[1]}")
+    kwargs = {"alpha": 2 / 3 if alpha == "2/3" else 1.0}
+    if weight is not None:
+        if weight <= 0:
+            raise InputError(f"--weight: must be > 0, got {weight}")
+        kwargs["lam"] = weight
+    start = time.perf_counter()
+    sharp = deconvolve(pixels, k, **kwargs)
+    write_png(out_path, sharp)
+    click.echo(f"deconvolved {pixels.shape[0]}x{pixels.shape[1]} px with a {k.shape[0]}x{k.shape[1]} kernel "
+               f"in {time.perf_counter() - start:.2f} s; wrote {out_path}")
+
+
+@main.command(name="estimators", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_estimators(as_json: bool) -> None:
+    """List the registered blind kernel estimators with their ids and parameters."""
+    from kernels_gpu import estimators
+
+    entries = [estimators.get(name) for name in estimators.available()]
+    if as_json:
+        click.echo(json.dumps([e.describe() for e in entries], indent=2))
+        return
+    for e in entries:
+        click.echo(f"{e.name:12s} {e.id}  {e.summary}")
+        params = ", ".join(f"{k}={v}" for k, v in e.describe()["params"].items())
+        click.echo(f"{'':12s} {params}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
