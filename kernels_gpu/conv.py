@@ -109,7 +109,7 @@ def kernel_otf(kernel: Any, shape: tuple[int, int]) -> Any:
     H, W = shape
     if h > H or w > W:
         raise ValueError(f"kernel {h}x{w} is larger than the transform size {H}x{W}")
-    padded = xp.zeros(kernel.shape[:-2] + (H, W), dtype=xp.result_type(kernel.dtype, xp.float32))
+    padded = xp.zeros((*kernel.shape[:-2], H, W), dtype=xp.result_type(kernel.dtype, xp.float32))
     padded[..., :h, :w] = kernel
     padded = xp.roll(padded, (-(h // 2), -(w // 2)), axis=(-2, -1))
     return rfft2(padded)

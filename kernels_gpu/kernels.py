@@ -36,7 +36,7 @@ def delta(size: int, batch: tuple[int, ...] = (), xp: Any = None, dtype: Any = "
     import numpy as np
 
     xp = xp or np
-    k = xp.zeros(tuple(batch) + (size, size), dtype=dtype)
+    k = xp.zeros((*tuple(batch), size, size), dtype=dtype)
     k[..., size // 2, size // 2] = 1
     return k
 
@@ -65,7 +65,7 @@ def _shift(kernel: Any, dy: Any, dx: Any) -> Any:
     inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     b = xp.arange(flat.shape[0]).reshape(-1, 1, 1)
     out = flat[b, xp.clip(ys, 0, h - 1), xp.clip(xs, 0, w - 1)] * inside
-    return out.reshape(lead + (h, w))
+    return out.reshape((*lead, h, w))
 
 
 def center(kernel: Any) -> Any:
@@ -105,7 +105,7 @@ def remove_small_components(kernel: Any, min_mass: float = 0.1) -> Any:
     mass = xp.bincount(labels.ravel(), weights=(flat / totals[:, None, None]).ravel(), minlength=int(count) + 1)
     keep = mass >= min_mass
     keep[0] = False
-    return (flat * keep[labels]).reshape(lead + (h, w)).astype(kernel.dtype, copy=False)
+    return (flat * keep[labels]).reshape((*lead, h, w)).astype(kernel.dtype, copy=False)
 
 
 def clean(kernel: Any, relative_threshold: float = 0.05, min_mass: float = 0.1) -> Any:
@@ -132,7 +132,7 @@ def fit_size(kernel: Any, size: int) -> Any:
     """Crop or zero-pad each kernel symmetrically to ``size x size`` around its middle pixel."""
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]
-    out = xp.zeros(kernel.shape[:-2] + (size, size), dtype=kernel.dtype)
+    out = xp.zeros((*kernel.shape[:-2], size, size), dtype=kernel.dtype)
     # offsets keep the middle pixel (h // 2, w // 2) at (size // 2, size // 2)
     sy, sx = h // 2 - size // 2, w // 2 - size // 2
     y0, y1 = max(sy, 0), min(sy + size, h)
@@ -153,4 +153,4 @@ def resize(kernel: Any, size: int) -> Any:
     flat = kernel.reshape((-1, h, w))
     zoomed = ndimage(xp).zoom(flat, (1, size / h, size / w), order=1, grid_mode=True, mode="grid-constant")
     zoomed = xp.maximum(zoomed, 0).astype(kernel.dtype, copy=False)
-    return normalize(fit_size(zoomed, size)).reshape(lead + (size, size))
+    return normalize(fit_size(zoomed, size)).reshape((*lead, size, size))

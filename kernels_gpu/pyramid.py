@@ -27,7 +27,7 @@ def downsample(image: Any, factor: float) -> Any:
     smooth = nd.gaussian_filter(flat, sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
     out_h, out_w = math.ceil(H / factor), math.ceil(W / factor)
     out = nd.zoom(smooth, (1, out_h / H, out_w / W), order=1, grid_mode=True, mode="nearest")
-    return out.reshape(lead + (out_h, out_w)).astype(image.dtype, copy=False)
+    return out.reshape((*lead, out_h, out_w)).astype(image.dtype, copy=False)
 
 
 def upsample(image: Any, shape: tuple[int, int]) -> Any:

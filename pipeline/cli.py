@@ -61,7 +61,9 @@ def _load_input(image: str) -> tuple[np.ndarray, np.ndarray | None]:
 def _crop_window(pixels: np.ndarray, window: tuple[int, int, int] | None, kernel_size: int) -> np.ndarray:
     if window is None:
         if kernel_size > min(pixels.shape):
-            raise InputError(f"--kernel-size: {kernel_size} is larger than the image {pixels.shape[0]}x{pixels.shape[1]}")
+            raise InputError(
+                f"--kernel-size: {kernel_size} is larger than the image {pixels.shape[0]}x{pixels.shape[1]}"
+            )
         return pixels
     y, x, size = window
     H, W = pixels.shape
@@ -81,15 +83,25 @@ def _check_kernel_size(kernel_size: int) -> None:
 @click.argument("image")
 @click.option("--kernel-size", "-k", type=int, required=True, help="Odd size of the kernel to estimate (px).")
 @click.option("--estimator", "-e", default="l0grad", show_default=True, help="Registered estimator name.")
-@click.option("--window", type=(int, int, int), default=None, metavar="Y X SIZE",
-              help="Estimate from this square window only (default: the whole image).")
+@click.option(
+    "--window",
+    type=(int, int, int),
+    default=None,
+    metavar="Y X SIZE",
+    help="Estimate from this square window only (default: the whole image).",
+)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Kernel file to write (.npy).")
-@click.option("--true-kernel", type=click.Path(dir_okay=False), default=None,
-              help="Known kernel: report the Hu & Yang similarity of the estimate.")
+@click.option(
+    "--true-kernel",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Known kernel: report the Hu & Yang similarity of the estimate.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @_user_errors
-def estimate(image: str, kernel_size: int, estimator: str, window: Any, out: str, true_kernel: str | None,
-             device: str) -> None:
+def estimate(
+    image: str, kernel_size: int, estimator: str, window: Any, out: str, true_kernel: str | None, device: str
+) -> None:
     """Estimate the blur kernel of IMAGE (PNG/JPEG/TIFF, or builtin:NAME for a bundled sample).
 
     Writes the kernel (float32, sum 1, convolution orientation) to OUT and a PNG
@@ -108,8 +120,9 @@ def estimate(image: str, kernel_size: int, estimator: str, window: Any, out: str
     try:
         est = estimators.get(estimator)
     except KeyError:
-        raise InputError(f"--estimator: unknown estimator {estimator!r} "
-                         f"(registered: {', '.join(estimators.available())})") from None
+        raise InputError(
+            f"--estimator: unknown estimator {estimator!r} (registered: {', '.join(estimators.available())})"
+        ) from None
     pixels, truth = _load_input(image)
     if true_kernel is not None:
         truth = read_kernel(true_kernel)
@@ -124,7 +137,9 @@ def estimate(image: str, kernel_size: int, estimator: str, window: Any, out: str
     write_kernel(out_path, kernel)
     preview = out_path.with_suffix(".png")
     write_kernel_preview(preview, kernel)
-    line = f"{est.id}: {kernel_size}x{kernel_size} kernel from {region.shape[0]}x{region.shape[1]} px in {seconds:.2f} s"
+    line = (
+        f"{est.id}: {kernel_size}x{kernel_size} kernel from {region.shape[0]}x{region.shape[1]} px in {seconds:.2f} s"
+    )
     if truth is not None:
         line += f"; similarity to the true kernel {float(similarity(kernel, truth)):.3f}"
     click.echo(line)
@@ -135,8 +150,13 @@ def estimate(image: str, kernel_size: int, estimator: str, window: Any, out: str
 @click.argument("image")
 @click.option("--kernel", type=click.Path(dir_okay=False), required=True, help="Kernel file (.npy, .png or .mat).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Deblurred image to write (.png).")
-@click.option("--alpha", type=click.Choice(["2/3", "1"]), default="2/3", show_default=True,
-              help="Exponent of the hyper-Laplacian prior.")
+@click.option(
+    "--alpha",
+    type=click.Choice(["2/3", "1"]),
+    default="2/3",
+    show_default=True,
+    help="Exponent of the hyper-Laplacian prior.",
+)
 @click.option("--weight", type=float, default=None, help="Data-term weight lambda (default: the deconvolver's).")
 @_user_errors
 def deblur(image: str, kernel: str, out: str, alpha: str, weight: float | None) -> None:
@@ -151,8 +171,9 @@ def deblur(image: str, kernel: str, out: str, alpha: str, weight: float | None) 
     pixels, _ = _load_input(image)
     k = read_kernel(kernel)
     if max(k.shape) > min(pixels.shape):
-        raise InputError(f"{kernel}: kernel {k.shape[0]}x{k.shape[1]} is larger than the image "
-                         f"{pixels.shape[0]}x{pixels.shape[1]}")
+        raise InputError(
+            f"{kernel}: kernel {k.shape[0]}x{k.shape[1]} is larger than the image {pixels.shape[0]}x{pixels.shape[1]}"
+        )
     kwargs = {"alpha": 2 / 3 if alpha == "2/3" else 1.0}
     if weight is not None:
         if weight <= 0:
@@ -161,8 +182,10 @@ def deblur(image: str, kernel: str, out: str, alpha: str, weight: float | None) 
     start = time.perf_counter()
     sharp = deconvolve(pixels, k, **kwargs)
     write_png(out_path, sharp)
-    click.echo(f"deconvolved {pixels.shape[0]}x{pixels.shape[1]} px with a {k.shape[0]}x{k.shape[1]} kernel "
-               f"in {time.perf_counter() - start:.2f} s; wrote {out_path}")
+    click.echo(
+        f"deconvolved {pixels.shape[0]}x{pixels.shape[1]} px with a {k.shape[0]}x{k.shape[1]} kernel "
+        f"in {time.perf_counter() - start:.2f} s; wrote {out_path}"
+    )
 
 
 @main.command(name="estimators", context_settings=CONTEXT)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from kernels_gpu.backend import TOLERANCE, next_fast_len, prev_fast_len
+from kernels_gpu.backend import TOLERANCE, irfft2, next_fast_len, prev_fast_len, rfft2
 from kernels_gpu.conv import convolve, convolve_adjoint, correlate, kernel_otf, output_shape
-from kernels_gpu.backend import irfft2, rfft2
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])

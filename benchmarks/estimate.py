@@ -1,0 +1,130 @@
+"""Speed of blind kernel estimation: one batch of 121 windows vs one window at a time.
+
+The paper's unit of work: a 450x450 blurred image cut into 121 windows of
+228x228 at stride 20, all estimated with one kernel size.  For each kernel size
+this prints, measured in one run on this machine:
+
+* batched: seconds for the whole (121, 228, 228) batch -> windows/s and s/window;
+* one by one: the same code on ``--single`` windows, one at a time -> s/window;
+* the ratio of the two, the peak memory of the batched run, and the median
+  similarity of the estimates to the true kernel (to show speed costs no quality).
+
+Usage::
+
+    python benchmarks/estimate.py                       # CPU, kernel sizes 27 and 55
+    python benchmarks/estimate.py --device gpu          # CuPy on the current GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+from kernels_gpu import estimators
+from kernels_gpu.backend import gpu_available, to_device, to_numpy
+from kernels_gpu.similarity import similarity
+from pipeline.samples import load_builtin
+
+
+def windows_of(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    H, W = image.shape
+    ys = range(0, H - size + 1, stride)
+    xs = range(0, W - size + 1, stride)
+    return np.stack([image[y : y + size, x : x + size] for y in ys for x in xs])
+
+
+def _sync(device: str) -> None:
+    if device == "gpu":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+
+
+def bench(kernel_size: int, device: str, single: int, estimator_name: str, image_size: int) -> dict:
+    sample = load_builtin("builtin:camera", size=image_size, kernel_size=kernel_size, seed=kernel_size)
+    windows = windows_of(sample.blurred, 228, 20)
+    est = estimators.get(estimator_name)
+    batch = to_device(windows, device)
+    est(batch[:2], kernel_size)  # warm-up: FFT plans, CuPy kernels
+    _sync(device)
+
+    if device == "gpu":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+    else:
+        tracemalloc.start()
+    start = time.perf_counter()
+    kernels = est(batch, kernel_size)
+    _sync(device)
+    batched = time.perf_counter() - start
+    if device == "gpu":
+        peak = pool.total_bytes()
+    else:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+    start = time.perf_counter()
+    for i in range(single):
+        est(batch[i : i + 1], kernel_size)
+    _sync(device)
+    one = (time.perf_counter() - start) / single
+
+    sims = [float(similarity(k, sample.kernel)) for k in to_numpy(kernels)]
+    n = len(windows)
+    return {
+        "kernel_size": kernel_size,
+        "windows": n,
+        "batched_s": batched,
+        "windows_per_s": n / batched,
+        "s_per_window": batched / n,
+        "single_s_per_window": one,
+        "speedup": one / (batched / n),
+        "peak_mb": peak / 2**20,
+        "median_similarity": statistics.median(sims),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--kernel-sizes", type=int, nargs="+", default=[27, 55])
+    ap.add_argument("--single", type=int, default=6, help="windows timed one at a time")
+    ap.add_argument("--estimator", default="l0grad")
+    ap.add_argument("--image-size", type=int, default=450)
+    args = ap.parse_args()
+    if args.device == "gpu" and not gpu_available():
+        raise SystemExit("--device gpu: CuPy or a CUDA device is not available")
+    where = platform.processor() or platform.machine()
+    if args.device == "gpu":
+        import cupy
+
+        where = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(
+        f"device: {args.device} ({where}), {len(os.sched_getaffinity(0))} CPU cores, "
+        f"estimator {estimators.get(args.estimator).id}"
+    )
+    print(
+        "| kernel | windows | batch s | windows/s | s/window batched | s/window one-by-one | speed-up | "
+        "peak MiB | median similarity |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for ks in args.kernel_sizes:
+        r = bench(ks, args.device, args.single, args.estimator, args.image_size)
+        print(
+            f"| {ks} | {r['windows']} | {r['batched_s']:.1f} | {r['windows_per_s']:.2f} | {r['s_per_window']:.3f} | "
+            f"{r['single_s_per_window']:.3f} | {r['speedup']:.2f}x | {r['peak_mb']:.0f} | "
+            f"{r['median_similarity']:.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

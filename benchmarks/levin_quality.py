@@ -1,0 +1,129 @@
+"""Quality of the blind estimators on Levin et al. 2009: similarity, error ratio and seconds per image.
+
+Inputs (both optional, at least one):
+
+* ``--pairs DIR``: the synthetic pairs written by ``../shared/tools/levin_synth.py``
+  (``im{i}_k{j}.png`` 16-bit + ``im{i}_k{j}_true.npy`` + ``pairs.csv``); the sharp
+  images for the error ratio come from ``--levin``.
+* ``--real``: the 32 real blurred photographs in ``LEVIN/blurred``.
+
+Each whole image is estimated with kernel size = true size + 4 (Cho & Lee's
+protocol).  Printed: a Markdown table per set (pair, similarity, error ratio,
+seconds) and a summary line with medians, next to what a delta kernel (no
+estimation at all) scores on the same pairs.  ``--check-similarity FILE`` also
+scores every estimate with an independent similarity implementation (a Python
+file defining ``similarity(a, b)``) and reports the largest disagreement.
+
+Usage::
+
+    python ../shared/tools/levin_synth.py ../shared/data/levin2009 /tmp/levin_s01 --sigma 0.01
+    python benchmarks/levin_quality.py --levin ../shared/data/levin2009 --pairs /tmp/levin_s01 --real \\
+        --check-similarity ../shared/tools/similarity.py --estimator l0grad
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import platform
+import re
+import statistics
+import time
+
+import imageio.v3 as iio
+import numpy as np
+
+from kernels_gpu import estimators
+from kernels_gpu.kernels import delta
+from kernels_gpu.metrics import error_ratio
+from kernels_gpu.similarity import similarity
+
+
+def _unit(path: pathlib.Path) -> np.ndarray:
+    pixels = iio.imread(path)
+    scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
+    return pixels.astype(np.float32) / scale
+
+
+def synthetic_pairs(pairs: pathlib.Path, levin: pathlib.Path):
+    for truth_path in sorted(pairs.glob("im*_k*_true.npy")):
+        i, j = map(int, re.match(r"im(\d+)_k(\d+)_true", truth_path.stem).groups())
+        yield (
+            f"im{i}_k{j}",
+            _unit(truth_path.with_name(f"im{i}_k{j}.png")),
+            _unit(levin / "sharp" / f"im{i}.png"),
+            np.load(truth_path),
+        )
+
+
+def real_pairs(levin: pathlib.Path):
+    for path in sorted((levin / "blurred").glob("im*_kernel*.png")):
+        i, j = map(int, re.match(r"im(\d+)_kernel(\d+)", path.stem).groups())
+        yield (
+            f"im{i}_k{j}",
+            _unit(path),
+            _unit(levin / "sharp" / f"im{i}.png"),
+            np.load(levin / "kernels" / f"kernel{j}.npy"),
+        )
+
+
+def run_set(title, pairs, estimator, reference_similarity):
+    rows = []
+    for name, blurred, sharp, truth in pairs:
+        size = truth.shape[0] + 4
+        start = time.perf_counter()
+        kernel = np.asarray(estimator(blurred[None], size))[0]
+        seconds = time.perf_counter() - start
+        sim = float(similarity(kernel, truth))
+        floor = float(similarity(delta(size), truth))
+        er = float(error_ratio(blurred, sharp, kernel, truth))
+        check = abs(reference_similarity(kernel, truth) - sim) if reference_similarity else None
+        rows.append((name, sim, er, seconds, floor, check))
+    print(f"\n### {title}: {estimator.id}\n")
+    print("| pair | similarity | error ratio | seconds |")
+    print("|---|---|---|---|")
+    for name, sim, er, sec, _, _ in rows:
+        print(f"| {name} | {sim:.3f} | {er:.2f} | {sec:.2f} |")
+    sims = [r[1] for r in rows]
+    ers = [r[2] for r in rows]
+    print(
+        f"\n**{title}** ({len(rows)} pairs): median similarity **{statistics.median(sims):.3f}** "
+        f"(worst {min(sims):.3f}, {sum(s > 0.75 for s in sims)}/{len(sims)} above 0.75); "
+        f"median error ratio {statistics.median(ers):.2f} ({sum(e <= 3 for e in ers)}/{len(ers)} at ER <= 3); "
+        f"median {statistics.median([r[3] for r in rows]):.2f} s per image; "
+        f"a delta kernel scores median {statistics.median([r[4] for r in rows]):.3f}."
+    )
+    if reference_similarity:
+        print(f"Largest difference to the independent similarity: {max(r[5] for r in rows):.2e}.")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--levin", type=pathlib.Path, required=True, help="levin2009 folder (sharp/, kernels/, blurred/)")
+    ap.add_argument("--pairs", type=pathlib.Path, action="append", default=[], help="levin_synth.py output folder")
+    ap.add_argument("--real", action="store_true", help="also run the 32 real photographs")
+    ap.add_argument("--estimator", default="l0grad")
+    ap.add_argument("--check-similarity", type=pathlib.Path, default=None)
+    args = ap.parse_args()
+
+    reference = None
+    if args.check_similarity:
+        spec = importlib.util.spec_from_file_location("reference_similarity", args.check_similarity)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        reference = module.similarity
+    estimator = estimators.get(args.estimator)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
+        f"numpy {np.__version__}; estimator {estimator.id}"
+    )
+    for folder in args.pairs:
+        run_set(f"synthetic {folder.name}", synthetic_pairs(folder, args.levin), estimator, reference)
+    if args.real:
+        run_set("real photographs", real_pairs(args.levin), estimator, reference)
+
+
+if __name__ == "__main__":
+    main()
