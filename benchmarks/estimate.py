@@ -33,10 +33,13 @@ from pipeline.samples import load_builtin
 
 
 def windows_of(image: np.ndarray, size: int, stride: int) -> np.ndarray:
-    H, W = image.shape
-    ys = range(0, H - size + 1, stride)
-    xs = range(0, W - size + 1, stride)
-    return np.stack([image[y : y + size, x : x + size] for y in ys for x in xs])
+    """The paper's grid: (H - size) // stride windows per axis, centred (11 x 11 = 121 for 450 px)."""
+    starts = []
+    for n in image.shape:
+        count = max(1, (n - size) // stride)
+        offset = ((n - size) - (count - 1) * stride) // 2
+        starts.append([offset + i * stride for i in range(count)])
+    return np.stack([image[y : y + size, x : x + size] for y in starts[0] for x in starts[1]])
 
 
 def _sync(device: str) -> None:

@@ -50,6 +50,17 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         tmp_path.unlink(missing_ok=True)
 
 
+def _plugin(path: pathlib.Path) -> str:
+    """imageio plugin by suffix, so a corrupt file is not offered to every other plugin."""
+    return "tifffile" if path.suffix.lower() in {".tif", ".tiff"} else "pillow"
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library's error message cut to its first line (some span several)."""
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(" .") if text else type(exc).__name__
+
+
 def _to_unit_grey(pixels: np.ndarray, source: str) -> np.ndarray:
     """Integer or float pixels, grey or colour -> (H, W) float32 in [0, 1]."""
     if pixels.ndim == 3 and pixels.shape[-1] in (2, 4):  # drop alpha
@@ -87,9 +98,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unsupported image type {path.suffix!r} (expected PNG, JPEG or TIFF)")
     try:
-        pixels = np.asarray(iio.imread(path))
+        pixels = np.asarray(iio.imread(path, plugin=_plugin(path)))
     except Exception as exc:  # imageio raises many types for corrupt files
-        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {_first_line(exc)})") from None
     image = _to_unit_grey(pixels, str(path))
     if min(image.shape) < 3:
         raise InputError(f"{path}: image is only {image.shape[0]}x{image.shape[1]} pixels")
@@ -131,7 +142,7 @@ def read_kernel(path: str | os.PathLike) -> np.ndarray:
         elif suffix in IMAGE_SUFFIXES:
             import imageio.v3 as iio
 
-            pixels = np.asarray(iio.imread(path))
+            pixels = np.asarray(iio.imread(path, plugin=_plugin(path)))
             kernel = pixels if pixels.ndim == 2 else _to_unit_grey(pixels, str(path))
         elif suffix == ".mat":
             kernel = _read_mat_kernel(path)
@@ -140,7 +151,7 @@ def read_kernel(path: str | os.PathLike) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: cannot read kernel ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read kernel ({type(exc).__name__}: {_first_line(exc)})") from None
     return check_kernel(kernel, str(path))
 
 
