@@ -23,6 +23,7 @@ __all__ = [
     "check_kernel",
     "read_image",
     "read_kernel",
+    "read_kernel_raw",
     "write_kernel",
     "write_kernel_preview",
     "write_png",
@@ -132,6 +133,11 @@ def check_kernel(kernel: Any, source: str) -> np.ndarray:
 
 def read_kernel(path: str | os.PathLike) -> np.ndarray:
     """Read a kernel from ``.npy``, ``.png`` (grey levels) or MATLAB ``.mat``; validated, sum 1."""
+    return check_kernel(read_kernel_raw(path), str(path))
+
+
+def read_kernel_raw(path: str | os.PathLike) -> np.ndarray:
+    """The array stored in a kernel file, as it is (no validation, no normalisation)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such kernel file")
@@ -152,7 +158,7 @@ def read_kernel(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as exc:
         raise InputError(f"{path}: cannot read kernel ({type(exc).__name__}: {_first_line(exc)})") from None
-    return check_kernel(kernel, str(path))
+    return np.asarray(kernel)
 
 
 def _read_mat_kernel(path: pathlib.Path) -> np.ndarray:

@@ -1,0 +1,369 @@
+"""``synth``: blurred training images from sharp images x camera-shake kernels + noise.
+
+Each pair (sharp picture, kernel) becomes one image of ``size x size``:
+
+1. the sharp picture is fitted to ``size + 2 * margin`` pixels (centre crop, or a
+   resize of its short side then a centre crop);
+2. the central ``size + k - 1`` region is convolved with the kernel in 'valid'
+   mode, so the output sees real scene beyond its border as a camera does;
+3. Gaussian noise of ``noise_sigma / 255`` is added and the result clipped to [0, 1].
+
+The sharp reference stored with the image is the central ``size x size`` of the
+fitted picture, shared by every kernel.  An image's noise comes from a seed
+derived from the run's seed and the pair's sources, so an image never depends on
+which other pairs are in the run: rerunning with more pictures or kernels adds
+only the new pairs and leaves existing ones byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from kernels_gpu.conv import convolve
+from kernels_gpu.kernels import fit_size
+
+from .files import IMAGE_SUFFIXES, InputError, read_image
+from .store import Store
+
+__all__ = ["SynthConfig", "SynthResult", "run_synth"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Settings of one ``synth`` run (serialised into the store's manifest)."""
+
+    sharp: str = "builtin"  # "builtin" or a folder of PNG/JPEG/TIFF
+    kernels: str = "trajectory"  # "trajectory" or a folder of .npy/.png/.mat kernels
+    num_kernels: int = 32
+    kernel_sizes: tuple[int, int] = (11, 55)
+    size: int = 450
+    margin: int = 32  # scene pixels kept beyond each side of the output for the blur
+    noise_sigma: float = 2.0  # in 8-bit units
+    fit: str = "crop"  # "crop" or "resize" (folders; builtin pictures are always resized)
+    window: int = 228
+    stride: int = 20
+    seed: int = 0
+    pairs: int | None = None  # None: every pair; N: a seeded random subset of N pairs
+    workers: int = field(default=0, compare=False)  # 0: all cores
+
+    def __post_init__(self) -> None:
+        lo, hi = self.kernel_sizes
+        if lo < 3 or lo % 2 == 0 or hi % 2 == 0 or hi < lo:
+            raise InputError(f"--kernel-sizes: need odd sizes 3 <= MIN <= MAX, got {lo}:{hi}")
+        if self.size < 3:
+            raise InputError(f"--size: must be >= 3, got {self.size}")
+        if self.window > self.size:
+            raise InputError(f"--window: {self.window} px is larger than the images (--size {self.size})")
+        if hi > self.window:
+            raise InputError(f"--kernel-sizes: kernels of {hi} px are larger than the window ({self.window} px)")
+        if hi // 2 > self.margin:
+            raise InputError(f"--margin: {self.margin} px is too small for {hi} px kernels (need >= {hi // 2})")
+        if not (self.noise_sigma >= 0 and np.isfinite(self.noise_sigma)):
+            raise InputError(f"--noise-sigma: must be a finite number >= 0, got {self.noise_sigma}")
+        if self.num_kernels < 1:
+            raise InputError(f"--num-kernels: must be >= 1, got {self.num_kernels}")
+        if self.fit not in ("crop", "resize"):
+            raise InputError(f"--fit: must be 'crop' or 'resize', got {self.fit!r}")
+        if self.pairs is not None and self.pairs < 1:
+            raise InputError(f"--pairs: must be 'all' or a number >= 1, got {self.pairs}")
+
+    @property
+    def region(self) -> int:
+        return self.size + 2 * self.margin
+
+    def store_settings(self) -> dict[str, Any]:
+        """What must stay the same for every synth run into one store."""
+        return {"size": self.size, "margin": self.margin, "noise_sigma": self.noise_sigma, "fit": self.fit}
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    added: int
+    existing: int
+    planned: int
+    seconds: float
+
+
+# ------------------------------------------------------------------------ sources
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def sharp_sources(config: SynthConfig) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """``(key, loader)`` for every sharp picture; loaders return ``(H, W) float32`` in [0, 1]."""
+    from .samples import SAMPLES, sharp_sample
+
+    if config.sharp == "builtin":
+        return [(f"builtin:{name}", lambda name=name: sharp_sample(name)) for name in SAMPLES]
+    folder = pathlib.Path(config.sharp)
+    if not folder.is_dir():
+        raise InputError(f"--sharp: {folder} is not a folder (or 'builtin')")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"--sharp: {folder} holds no PNG, JPEG or TIFF images")
+    return [(f"file:{folder.name}/{p.name}", lambda p=p: read_image(p)) for p in files]
+
+
+def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
+    """``(key, kernel)`` for every kernel, validated, odd-sized, sum 1."""
+    from kernels_gpu.trajectory import camera_shake_kernels
+
+    from .files import check_kernel, read_kernel_raw
+
+    if config.kernels == "trajectory":
+        lo, hi = config.kernel_sizes
+        kernels = camera_shake_kernels(config.num_kernels, (lo, hi), config.seed)
+        return [(f"trajectory:seed={config.seed},sizes={lo}:{hi}#{i}", k) for i, k in enumerate(kernels)]
+    folder = pathlib.Path(config.kernels)
+    if not folder.is_dir():
+        raise InputError(f"--kernels: {folder} is not a folder (or 'trajectory')")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".npy", ".png", ".mat"})
+    if not files:
+        raise InputError(f"--kernels: {folder} holds no .npy, .png or .mat kernels")
+    out = []
+    for p in files:
+        raw = read_kernel_raw(p)
+        kernel = check_kernel(raw, str(p))
+        total = float(np.asarray(raw, np.float64).sum())
+        if abs(total - 1) > 1e-3:
+            log.warning("%s: kernel sums to %.4g, normalised to 1", p, total)
+        if max(kernel.shape) > config.window:
+            raise InputError(
+                f"{p}: kernel {kernel.shape[0]}x{kernel.shape[1]} is larger than the window ({config.window} px)"
+            )
+        if max(kernel.shape) // 2 > config.margin:
+            raise InputError(
+                f"{p}: kernel {kernel.shape[0]}x{kernel.shape[1]} needs --margin >= {max(kernel.shape) // 2}"
+            )
+        side = max(kernel.shape)
+        out.append((f"file:{folder.name}/{p.name}", fit_size(kernel, side)))
+    return out
+
+
+def fit_picture(picture: np.ndarray, side: int, resize: bool, source: str) -> np.ndarray:
+    """Centre ``side x side`` of a picture, after resizing its short side to ``side`` if ``resize``."""
+    if resize:
+        from skimage.transform import resize as sk_resize
+
+        scale = side / min(picture.shape)
+        shape = (max(side, round(picture.shape[0] * scale)), max(side, round(picture.shape[1] * scale)))
+        picture = sk_resize(picture, shape, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    H, W = picture.shape
+    if H < side or W < side:
+        raise InputError(
+            f"{source}: image is {H}x{W}, smaller than the {side}x{side} px needed "
+            f"(--size + 2 * --margin); use --fit resize or a smaller --size"
+        )
+    y0, x0 = (H - side) // 2, (W - side) // 2
+    return np.ascontiguousarray(picture[y0 : y0 + side, x0 : x0 + side], dtype=np.float32)
+
+
+def blur_like_camera(
+    region: np.ndarray, kernel: np.ndarray, size: int, noise_sigma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``size x size`` blurred centre of a larger ``region``: valid convolution, noise, clipping."""
+    k = kernel.shape[0]
+    start = (region.shape[0] - (size + k - 1)) // 2
+    crop = region[start : start + size + k - 1, start : start + size + k - 1].astype(np.float64)
+    blurred = convolve(crop, kernel.astype(np.float64), "valid")
+    blurred += noise_sigma * rng.standard_normal(blurred.shape)
+    return np.clip(blurred, 0, 1).astype(np.float32)
+
+
+def noise_rng(seed: int, sharp_key: str, kernel_key: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _stable_int(sharp_key), _stable_int(kernel_key)]))
+
+
+# -------------------------------------------------------------------------- work
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One sharp picture and the blurred images to make from it."""
+
+    store: Store
+    config: SynthConfig
+    sharp_key: str
+    sharp_array: str
+    sharp_index: int
+    write_sharp: bool
+    blurred_array: str
+    jobs: tuple[tuple[int, str, int], ...]  # (blurred_index, kernel_key, kernel row)
+
+
+def _run_task(task: _Task, loader: Callable[[], np.ndarray], kernels: dict[int, np.ndarray]) -> int:
+    cfg = task.config
+    picture = fit_picture(
+        loader(), cfg.region, cfg.fit == "resize" or task.sharp_key.startswith("builtin:"), task.sharp_key
+    )
+    if task.write_sharp:
+        m = cfg.margin
+        task.store.array(task.sharp_array, "r+")[task.sharp_index] = picture[m : m + cfg.size, m : m + cfg.size]
+    out = task.store.array(task.blurred_array, "r+")
+    for blurred_index, kernel_key, row in task.jobs:
+        rng = noise_rng(cfg.seed, task.sharp_key, kernel_key)
+        out[blurred_index] = blur_like_camera(picture, kernels[row], cfg.size, cfg.noise_sigma / 255.0, rng)
+    return len(task.jobs)
+
+
+def _worker(args: tuple) -> int:  # top-level for the process pool
+    task, kernels = args
+    loaders = dict(sharp_sources(task.config))
+    return _run_task(task, loaders[task.sharp_key], kernels)
+
+
+# -------------------------------------------------------------------------- plan
+
+
+def _select_pairs(n_sharp: int, n_kernels: int, pairs: int | None, seed: int) -> list[tuple[int, int]]:
+    everything = [(i, j) for i in range(n_sharp) for j in range(n_kernels)]
+    if pairs is None:
+        return everything
+    if pairs > len(everything):
+        raise InputError(f"--pairs: {pairs} is more than the {len(everything)} sharp x kernel pairs")
+    chosen = np.random.default_rng(seed).choice(len(everything), size=pairs, replace=False)
+    return [everything[c] for c in sorted(chosen)]
+
+
+def _next_index(images: pa.Table, array_column: str, index_column: str, name: str) -> int:
+    import pyarrow.compute as pc
+
+    rows = images.filter(pc.equal(images[array_column], name))
+    return int(pc.max(rows[index_column]).as_py()) + 1 if rows.num_rows else 0
+
+
+def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None] | None = None) -> SynthResult:
+    """Add every missing (sharp, kernel) pair of ``config`` to ``store``; see the module docstring."""
+    import time
+
+    import pyarrow.compute as pc
+
+    start = time.perf_counter()
+    sharps = sharp_sources(config)
+    kernels = kernel_sources(config)
+    pairs = _select_pairs(len(sharps), len(kernels), config.pairs, config.seed)
+
+    manifest = store.create(config.window, config.stride)
+    if manifest.get("synth") and manifest["synth"] != config.store_settings():
+        raise InputError(
+            f"{store.url}: was synthesised with {manifest['synth']}; this run asks for "
+            f"{config.store_settings()} (use a new store)"
+        )
+    images = store.images()
+    done = set(zip(images["sharp_source"].to_pylist(), images["kernel_source"].to_pylist(), strict=True))
+    todo = [(i, j) for i, j in pairs if (sharps[i][0], kernels[j][0]) not in done]
+    if not todo:
+        return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
+
+    capacity = manifest["kernel_capacity"]
+    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    sharp_rows = {
+        s: (a, i)
+        for s, a, i in zip(
+            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
+        )
+    }
+    next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
+    new_kernels: dict[int, np.ndarray] = {}
+    for j in sorted({j for _, j in todo}):
+        key, k = kernels[j]
+        if key not in kernel_rows:
+            kernel_rows[key] = next_kernel
+            next_kernel += 1
+        new_kernels[kernel_rows[key]] = k
+
+    bucket = f"{config.size}x{config.size}"
+    blurred_name, sharp_name = f"blurred/{bucket}", f"sharp/{bucket}"
+    next_blurred = _next_index(images, "blurred_array", "blurred_index", blurred_name)
+    next_sharp = _next_index(images, "sharp_array", "sharp_index", sharp_name)
+    next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0
+
+    rows: list[dict[str, Any]] = []
+    tasks: list[_Task] = []
+    by_sharp: dict[int, list[int]] = {}
+    for i, j in todo:
+        by_sharp.setdefault(i, []).append(j)
+    for i, js in by_sharp.items():
+        sharp_key = sharps[i][0]
+        write_sharp = sharp_key not in sharp_rows
+        if write_sharp:
+            sharp_rows[sharp_key] = (sharp_name, next_sharp)
+            next_sharp += 1
+        s_array, s_index = sharp_rows[sharp_key]
+        jobs = []
+        for j in js:
+            kernel_key, k = kernels[j]
+            jobs.append((next_blurred, kernel_key, kernel_rows[kernel_key]))
+            rows.append({
+                "image_id": next_id, "origin": "synth", "sharp_source": sharp_key, "kernel_source": kernel_key,
+                "blurred_source": None, "height": config.size, "width": config.size, "kernel_size": k.shape[0],
+                "noise_sigma": config.noise_sigma / 255.0, "seed": config.seed, "blurred_array": blurred_name,
+                "blurred_index": next_blurred, "sharp_array": s_array, "sharp_index": s_index,
+                "kernel_index": kernel_rows[kernel_key],
+            })  # fmt: skip
+            next_id += 1
+            next_blurred += 1
+        tasks.append(_Task(store, config, sharp_key, s_array, s_index, write_sharp, blurred_name, tuple(jobs)))
+
+    # arrays first (metadata, by this process only), then pixels, then the tables that make them visible
+    if progress is not None and hasattr(progress, "set_total"):
+        progress.set_total(len(rows))
+    store.ensure_array(blurred_name, next_blurred, (config.size, config.size))
+    store.ensure_array(sharp_name, next_sharp, (config.size, config.size))
+    kernel_array = store.ensure_array("kernels", next_kernel, (capacity, capacity))
+    for row, k in new_kernels.items():
+        kernel_array[row] = fit_size(k, capacity)
+    _execute(tasks, new_kernels, dict(sharps), config, store, progress)
+
+    table = pa.concat_tables([images, pa.Table.from_pylist(rows, schema=images.schema)])
+    store.write_images(table)
+    manifest = store.manifest()
+    manifest["synth"] = config.store_settings()
+    run = {k: v for k, v in asdict(config).items() if k != "workers"}
+    manifest["runs"] = [*manifest.get("runs", []), {"command": "synth", "config": run, "images_added": len(rows)}]
+    store.write_manifest(manifest)
+    return SynthResult(len(rows), images.num_rows, len(pairs), time.perf_counter() - start)
+
+
+def _execute(
+    tasks: list[_Task],
+    kernels: dict[int, np.ndarray],
+    loaders: dict[str, Callable],
+    config: SynthConfig,
+    store: Store,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Run the tasks on every core (a spawn-started process pool) or in this process."""
+    workers = config.workers or len(os.sched_getaffinity(0))
+    n_images = sum(len(t.jobs) for t in tasks)
+    # in-memory stores live in this process only; tiny jobs are not worth starting processes
+    if workers <= 1 or not store.is_local or n_images < 16:
+        for task in tasks:
+            done = _run_task(task, loaders[task.sharp_key], kernels)
+            if progress:
+                progress(done)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn, not fork: zarr keeps an event-loop thread that a forked child would inherit half-dead
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+        futures = [pool.submit(_worker, (t, {r: kernels[r] for _, _, r in t.jobs})) for t in tasks]
+        for future in concurrent.futures.as_completed(futures):
+            done = future.result()
+            if progress:
+                progress(done)
