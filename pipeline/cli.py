@@ -332,6 +332,44 @@ def synth(
 
 @main.command(context_settings=CONTEXT)
 @click.argument("store")
+@click.option("--blurred", type=click.Path(), required=True, help="Folder of blurred images.")
+@click.option("--kernels", type=click.Path(), required=True, help="Folder of their true kernels (.npy/.png/.mat).")
+@click.option("--sharp", type=click.Path(), default=None, help="Folder of the sharp images, where known.")
+@click.option(
+    "--pairs",
+    type=click.Path(),
+    default=None,
+    help="CSV with columns blurred,kernel[,sharp] (default: pair files by name).",
+)
+@click.option("--window", type=int, default=228, show_default=True, help="Window side of a new store (px).")
+@click.option("--stride", type=int, default=20, show_default=True, help="Window stride of a new store (px).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def ingest(
+    store: str, blurred: str, kernels: str, sharp: str | None, pairs: str | None, window: int, stride: int, quiet: bool
+) -> None:
+    """Add already-blurred images with known kernels (e.g. real photographs) to STORE.
+
+    A kernel belongs to a blurred file whose name contains the kernel's name
+    (im1_kernel2.png -> kernel2.npy), the same for sharp images; --pairs CSV
+    states the pairs explicitly.
+    """
+    from .ingest import run_ingest
+    from .store import Store
+
+    bar = _Progress(0, "img", quiet, "ingest")
+    try:
+        result = run_ingest(Store(store), blurred, kernels, sharp, pairs, window, stride, progress=bar)
+    finally:
+        bar.close()
+    if result.added == 0:
+        click.echo(f"nothing to do: all {result.skipped} blurred images are already in {store}")
+        return
+    click.echo(f"ingested {result.added} images into {store} ({result.skipped} already there)")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--threshold",

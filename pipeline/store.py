@@ -142,12 +142,7 @@ class Store:
         """
         if self.is_store():
             manifest = self.manifest()
-            grid = manifest["window"]
-            if (grid["size"], grid["stride"]) != (window, stride):
-                raise InputError(
-                    f"--window/--stride: store {self.url} uses windows of {grid['size']} px at stride "
-                    f"{grid['stride']}, not {window} at {stride}"
-                )
+            self.check_grid(manifest, window, stride)
             return manifest
         if self.fs.exists(self.root) and self.fs.ls(self.root, detail=False):
             raise InputError(f"{self.url}: exists and is not a goodregions store (no {MANIFEST}); refusing to write")
@@ -161,6 +156,15 @@ class Store:
         }
         self.write_manifest(manifest)
         return self.manifest()
+
+    def check_grid(self, manifest: dict[str, Any], window: int, stride: int) -> None:
+        """Refuse a run whose window grid differs from the store's."""
+        grid = manifest["window"]
+        if (grid["size"], grid["stride"]) != (window, stride):
+            raise InputError(
+                f"--window/--stride: store {self.url} uses windows of {grid['size']} px at stride "
+                f"{grid['stride']}, not {window} at {stride}"
+            )
 
     # ----------------------------------------------------------------- tables
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 from kernels_gpu.conv import convolve
 from kernels_gpu.kernels import fit_size
 
+from . import schema
 from .files import IMAGE_SUFFIXES, InputError, read_image
 from .store import Store
 
@@ -202,13 +203,12 @@ class _Task:
     write_sharp: bool
     blurred_array: str
     jobs: tuple[tuple[int, str, int], ...]  # (blurred_index, kernel_key, kernel row)
+    picture: np.ndarray  # the fitted (region x region) sharp picture
 
 
-def _run_task(task: _Task, loader: Callable[[], np.ndarray], kernels: dict[int, np.ndarray]) -> int:
+def _run_task(task: _Task, kernels: dict[int, np.ndarray]) -> int:
     cfg = task.config
-    picture = fit_picture(
-        loader(), cfg.region, cfg.fit == "resize" or task.sharp_key.startswith("builtin:"), task.sharp_key
-    )
+    picture = task.picture
     if task.write_sharp:
         m = cfg.margin
         task.store.array(task.sharp_array, "r+")[task.sharp_index] = picture[m : m + cfg.size, m : m + cfg.size]
@@ -221,8 +221,7 @@ def _run_task(task: _Task, loader: Callable[[], np.ndarray], kernels: dict[int, 
 
 def _worker(args: tuple) -> int:  # top-level for the process pool
     task, kernels = args
-    loaders = dict(sharp_sources(task.config))
-    return _run_task(task, loaders[task.sharp_key], kernels)
+    return _run_task(task, kernels)
 
 
 # -------------------------------------------------------------------------- plan
@@ -256,17 +255,25 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     kernels = kernel_sources(config)
     pairs = _select_pairs(len(sharps), len(kernels), config.pairs, config.seed)
 
-    manifest = store.create(config.window, config.stride)
-    if manifest.get("synth") and manifest["synth"] != config.store_settings():
-        raise InputError(
-            f"{store.url}: was synthesised with {manifest['synth']}; this run asks for "
-            f"{config.store_settings()} (use a new store)"
-        )
-    images = store.images()
+    # validate everything before the first write: a bad input leaves the store as it was
+    if store.is_store():
+        manifest = store.manifest()
+        store.check_grid(manifest, config.window, config.stride)
+        if manifest.get("synth") and manifest["synth"] != config.store_settings():
+            raise InputError(
+                f"{store.url}: was synthesised with {manifest['synth']}; this run asks for "
+                f"{config.store_settings()} (use a new store)"
+            )
+    images = store.images() if store.is_store() else schema.empty(schema.IMAGES)
     done = set(zip(images["sharp_source"].to_pylist(), images["kernel_source"].to_pylist(), strict=True))
     todo = [(i, j) for i, j in pairs if (sharps[i][0], kernels[j][0]) not in done]
     if not todo:
         return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
+    pictures = {}
+    for i in sorted({i for i, _ in todo}):
+        key, loader = sharps[i]
+        pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
+    manifest = store.create(config.window, config.stride)
 
     capacity = manifest["kernel_capacity"]
     kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
@@ -316,7 +323,9 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
             })  # fmt: skip
             next_id += 1
             next_blurred += 1
-        tasks.append(_Task(store, config, sharp_key, s_array, s_index, write_sharp, blurred_name, tuple(jobs)))
+        tasks.append(
+            _Task(store, config, sharp_key, s_array, s_index, write_sharp, blurred_name, tuple(jobs), pictures[i])
+        )
 
     # arrays first (metadata, by this process only), then pixels, then the tables that make them visible
     if progress is not None and hasattr(progress, "set_total"):
@@ -326,7 +335,7 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     kernel_array = store.ensure_array("kernels", next_kernel, (capacity, capacity))
     for row, k in new_kernels.items():
         kernel_array[row] = fit_size(k, capacity)
-    _execute(tasks, new_kernels, dict(sharps), config, store, progress)
+    _execute(tasks, new_kernels, config, store, progress)
 
     table = pa.concat_tables([images, pa.Table.from_pylist(rows, schema=images.schema)])
     store.write_images(table)
@@ -341,7 +350,6 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
 def _execute(
     tasks: list[_Task],
     kernels: dict[int, np.ndarray],
-    loaders: dict[str, Callable],
     config: SynthConfig,
     store: Store,
     progress: Callable[[int], None] | None,
@@ -352,7 +360,7 @@ def _execute(
     # in-memory stores live in this process only; tiny jobs are not worth starting processes
     if workers <= 1 or not store.is_local or n_images < 16:
         for task in tasks:
-            done = _run_task(task, loaders[task.sharp_key], kernels)
+            done = _run_task(task, kernels)
             if progress:
                 progress(done)
         return

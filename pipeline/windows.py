@@ -41,21 +41,20 @@ def window_count(height: int, width: int, size: int, stride: int) -> int:
 
 def windows_table(images: pa.Table, size: int, stride: int) -> pa.Table:
     """The windows of every image of an ``images`` table (columns image_id, height, width)."""
-    ids, ws, ys, xs = [], [], [], []
+    ids, ws, ys, xs = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
     for image_id, h, w in zip(*(images.column(c).to_pylist() for c in ("image_id", "height", "width")), strict=True):
         corners = grid(h, w, size, stride)
         ids.append(np.full(len(corners), image_id, np.int64))
         ws.append(np.arange(len(corners), dtype=np.int32))
         ys.append(corners[:, 0])
         xs.append(corners[:, 1])
-    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)
     n = sum(len(a) for a in ids)
     return pa.table(
         {
-            "image_id": cat(ids, np.int64),
-            "window_id": cat(ws, np.int32),
-            "y": cat(ys, np.int32),
-            "x": cat(xs, np.int32),
+            "image_id": np.concatenate(ids),
+            "window_id": np.concatenate(ws),
+            "y": np.concatenate(ys),
+            "x": np.concatenate(xs),
             "size": np.full(n, size, np.int32),
         },
         schema=WINDOWS,

@@ -1,0 +1,240 @@
+"""``ingest``: add already-blurred images with their ground-truth kernels to a store.
+
+Pairing of each blurred file with its kernel (and, optionally, its sharp image):
+
+* ``--pairs CSV`` with columns ``blurred,kernel[,sharp]`` (file names inside the
+  folders) says it explicitly;
+* otherwise a kernel belongs to a blurred file when the kernel's file stem equals
+  the blurred stem or appears in it as whole ``_``/``-``-separated tokens
+  (``im1_kernel2.png`` -> ``kernel2.npy``; ``kernel1`` does not match
+  ``kernel10``); the same rule finds the sharp image (``im1_kernel2`` -> ``im1.png``).
+  A blurred file with no match, or with several, is an error that names it.
+
+Everything is read and checked before the first write.  Rerunning skips blurred
+files already in the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from kernels_gpu.kernels import fit_size
+
+from . import schema
+from .files import IMAGE_SUFFIXES, InputError, check_kernel, read_image, read_kernel_raw
+from .store import Store
+
+__all__ = ["IngestResult", "run_ingest"]
+
+log = logging.getLogger(__name__)
+
+KERNEL_SUFFIXES = {".npy", ".png", ".mat"}
+#: when a kernel comes in several formats (Levin's data ships .npy beside a .png preview)
+SUFFIX_PREFERENCE = {".npy": 0, ".mat": 1, ".tif": 2, ".tiff": 2, ".png": 3, ".jpg": 4, ".jpeg": 4}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    added: int
+    skipped: int
+
+
+def _tokens(stem: str) -> list[str]:
+    return [t for t in re.split(r"[_\-.\s]+", stem.lower()) if t]
+
+
+def _contains(stem: str, candidate: str) -> bool:
+    """Whether ``candidate``'s tokens appear consecutively in ``stem``'s tokens."""
+    hay, needle = _tokens(stem), _tokens(candidate)
+    return any(hay[i : i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1)) if needle else False
+
+
+def _match(blurred: pathlib.Path, candidates: list[pathlib.Path], what: str) -> pathlib.Path:
+    exact = [c for c in candidates if c.stem.lower() == blurred.stem.lower()]
+    found = exact or [c for c in candidates if _contains(blurred.stem, c.stem)]
+    if len({c.stem for c in found}) == 1:  # one name in several formats: the most precise one
+        found = sorted(found, key=lambda c: SUFFIX_PREFERENCE.get(c.suffix.lower(), 9))[:1]
+    if len(found) != 1:
+        names = ", ".join(c.name for c in found) or "none"
+        raise InputError(f"{blurred}: cannot tell its {what} ({len(found)} candidates: {names}); give --pairs CSV")
+    return found[0]
+
+
+def _listing(folder: pathlib.Path, suffixes: set[str], option: str) -> list[pathlib.Path]:
+    if not folder.is_dir():
+        raise InputError(f"{option}: {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(f"{option}: {folder} holds no {'/'.join(sorted(suffixes))} files")
+    return files
+
+
+def plan_pairs(
+    blurred_dir: pathlib.Path, kernel_dir: pathlib.Path, sharp_dir: pathlib.Path | None, pairs_csv: pathlib.Path | None
+) -> list[tuple[pathlib.Path, pathlib.Path, pathlib.Path | None]]:
+    """``(blurred, kernel, sharp or None)`` file triples."""
+    kernels = _listing(kernel_dir, KERNEL_SUFFIXES, "--kernels")
+    sharps = _listing(sharp_dir, IMAGE_SUFFIXES, "--sharp") if sharp_dir is not None else None
+    if pairs_csv is None:
+        blurred = _listing(blurred_dir, IMAGE_SUFFIXES, "--blurred")
+        return [
+            (b, _match(b, kernels, "kernel"), _match(b, sharps, "sharp image") if sharps else None) for b in blurred
+        ]
+    if not pairs_csv.is_file():
+        raise InputError(f"--pairs: {pairs_csv} does not exist")
+    out = []
+    with open(pairs_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        needed = {"blurred", "kernel"} | ({"sharp"} if sharp_dir is not None else set())
+        if not needed <= set(reader.fieldnames or []):
+            raise InputError(f"--pairs: {pairs_csv} needs the columns {', '.join(sorted(needed))}")
+        for line, row in enumerate(reader, start=2):
+            triple = (
+                blurred_dir / row["blurred"],
+                kernel_dir / row["kernel"],
+                sharp_dir / row["sharp"] if sharp_dir is not None and row.get("sharp") else None,
+            )
+            for path in triple:
+                if path is not None and not path.is_file():
+                    raise InputError(f"--pairs: {pairs_csv} line {line}: {path} does not exist")
+            out.append(triple)
+    if not out:
+        raise InputError(f"--pairs: {pairs_csv} lists no pairs")
+    return out
+
+
+def run_ingest(
+    store: Store,
+    blurred_dir: str,
+    kernel_dir: str,
+    sharp_dir: str | None = None,
+    pairs_csv: str | None = None,
+    window: int = 228,
+    stride: int = 20,
+    progress: Any = None,
+) -> IngestResult:
+    """Add every pair to ``store`` (created with the given window grid if it does not exist)."""
+    import pyarrow.compute as pc
+
+    bdir, kdir = pathlib.Path(blurred_dir), pathlib.Path(kernel_dir)
+    sdir = pathlib.Path(sharp_dir) if sharp_dir else None
+    triples = plan_pairs(bdir, kdir, sdir, pathlib.Path(pairs_csv) if pairs_csv else None)
+
+    if store.is_store():
+        manifest = store.manifest()
+        store.check_grid(manifest, window, stride)
+        images = store.images()
+    else:
+        manifest, images = None, schema.empty(schema.IMAGES)
+    capacity = manifest["kernel_capacity"] if manifest else window - 1 + window % 2
+    existing = set(images["blurred_source"].drop_null().to_pylist())
+
+    # read and check everything first
+    def key(folder, path):
+        return f"file:{folder.name}/{path.name}"
+
+    todo, blurred_px, kernel_px, sharp_px = [], {}, {}, {}
+    for b, k, s in triples:
+        bkey = key(bdir, b)
+        if bkey in existing:
+            continue
+        blurred_px[bkey] = pixels = read_image(b)
+        if min(pixels.shape) < window:
+            raise InputError(f"{b}: image is {pixels.shape[0]}x{pixels.shape[1]}, smaller than a window ({window} px)")
+        kkey = key(kdir, k)
+        if kkey not in kernel_px:
+            raw = read_kernel_raw(k)
+            kernel = check_kernel(raw, str(k))
+            if abs(float(np.asarray(raw, np.float64).sum()) - 1) > 1e-3:
+                log.warning("%s: kernel sums to %.4g, normalised to 1", k, float(np.asarray(raw).sum()))
+            if max(kernel.shape) > window:
+                raise InputError(
+                    f"{k}: kernel {kernel.shape[0]}x{kernel.shape[1]} is larger than the window ({window} px)"
+                )
+            kernel_px[kkey] = fit_size(kernel, max(kernel.shape))
+        skey = key(sdir, s) if s is not None else None
+        if skey is not None and skey not in sharp_px:
+            sharp_px[skey] = read_image(s)
+        if skey is not None and sharp_px[skey].shape != pixels.shape:
+            raise InputError(
+                f"{s}: sharp image is {sharp_px[skey].shape[0]}x{sharp_px[skey].shape[1]} but "
+                f"{b} is {pixels.shape[0]}x{pixels.shape[1]}"
+            )
+        todo.append((bkey, kkey, skey))
+    if not todo:
+        return IngestResult(0, len(triples))
+
+    manifest = store.create(window, stride)
+    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    sharp_rows = {
+        s: (a, i)
+        for s, a, i in zip(
+            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
+        )
+        if s
+    }
+    next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
+    next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0
+    next_row: dict[str, int] = {}
+
+    def take(array: str, column: str, index_column: str) -> int:
+        if array not in next_row:
+            rows = images.filter(pc.equal(images[column], array))
+            next_row[array] = int(pc.max(rows[index_column]).as_py()) + 1 if rows.num_rows else 0
+        next_row[array] += 1
+        return next_row[array] - 1
+
+    rows, writes = [], []
+    for bkey, kkey, skey in todo:
+        if kkey not in kernel_rows:
+            kernel_rows[kkey] = next_kernel
+            next_kernel += 1
+            writes.append(("kernels", kernel_rows[kkey], fit_size(kernel_px[kkey], capacity)))
+        h, w = blurred_px[bkey].shape
+        bucket = f"{h}x{w}"
+        if skey is not None and skey not in sharp_rows:
+            sharp_rows[skey] = (f"sharp/{bucket}", take(f"sharp/{bucket}", "sharp_array", "sharp_index"))
+            writes.append(sharp_rows[skey] + (sharp_px[skey],))
+        b_index = take(f"blurred/{bucket}", "blurred_array", "blurred_index")
+        writes.append((f"blurred/{bucket}", b_index, blurred_px[bkey]))
+        s_array, s_index = sharp_rows[skey] if skey is not None else (None, None)
+        rows.append({
+            "image_id": next_id, "origin": "ingest", "sharp_source": skey, "kernel_source": kkey,
+            "blurred_source": bkey, "height": h, "width": w, "kernel_size": kernel_px[kkey].shape[0],
+            "noise_sigma": None, "seed": None, "blurred_array": f"blurred/{bucket}", "blurred_index": b_index,
+            "sharp_array": s_array, "sharp_index": s_index, "kernel_index": kernel_rows[kkey],
+        })  # fmt: skip
+        next_id += 1
+
+    # grow every array once, then write the chunks, then the tables that make them visible
+    sizes: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for name, index, pixels in writes:
+        rows_needed = max(sizes.get(name, (0, ()))[0], index + 1)
+        sizes[name] = (rows_needed, pixels.shape)
+    arrays = {name: store.ensure_array(name, n, shape) for name, (n, shape) in sizes.items()}
+    if progress is not None and hasattr(progress, "set_total"):
+        progress.set_total(len(rows))
+    for name, index, pixels in writes:
+        arrays[name][index] = pixels
+        if progress is not None and name.startswith("blurred/"):
+            progress(1)
+
+    store.write_images(pa.concat_tables([images, pa.Table.from_pylist(rows, schema=schema.IMAGES)]))
+    manifest = store.manifest()
+    run = {
+        "blurred": str(bdir),
+        "kernels": str(kdir),
+        "sharp": str(sdir) if sdir else None,
+        "pairs": str(pairs_csv) if pairs_csv else None,
+    }
+    manifest["runs"] = [*manifest.get("runs", []), {"command": "ingest", "config": run, "images_added": len(rows)}]
+    store.write_manifest(manifest)
+    return IngestResult(len(rows), len(triples) - len(todo))
