@@ -222,18 +222,29 @@ def _parse_pairs(value: str) -> int | None:
 
 
 class _Progress:
-    """A tqdm bar on stderr, or nothing with --quiet."""
+    """A tqdm bar on stderr, or nothing with --quiet.
+
+    Made with ``total=0``, the bar opens at the first :meth:`set_total`, once the
+    command has checked its input: bad input then prints its error line only.
+    """
 
     def __init__(self, total: int, unit: str, quiet: bool, desc: str) -> None:
         self.bar = None
-        if not quiet:
+        self._options = None if quiet else {"unit": unit, "desc": desc}
+        if total:
+            self._open(total)
+
+    def _open(self, total: int) -> None:
+        if self._options is not None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, dynamic_ncols=True, file=sys.stderr, **self._options)
 
     def set_total(self, total: int) -> None:
         if self.bar is not None:
             self.bar.reset(total=total)
+        else:
+            self._open(total)
 
     def __call__(self, n: int) -> None:
         if self.bar is not None:
@@ -261,11 +272,11 @@ class _Progress:
 @click.option("--noise-sigma", type=float, default=2.0, show_default=True, help="Gaussian noise, 8-bit units.")
 @click.option(
     "--fit",
-    type=click.Choice(["crop", "resize"]),
     default="crop",
     show_default=True,
+    metavar="crop|resize",
     help="Folder pictures: centre-crop, or resize the short side first.",
-)
+)  # checked by SynthConfig, so a bad value is a one-line error like every other
 @click.option("--window", type=int, default=228, show_default=True, help="Window side (px).")
 @click.option("--stride", type=int, default=20, show_default=True, help="Window stride (px).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -341,12 +352,23 @@ def synth(
     default=None,
     help="CSV with columns blurred,kernel[,sharp] (default: pair files by name).",
 )
-@click.option("--window", type=int, default=228, show_default=True, help="Window side of a new store (px).")
-@click.option("--stride", type=int, default=20, show_default=True, help="Window stride of a new store (px).")
+@click.option(
+    "--window", type=int, default=None, help="Window side of a new store (px)  [default: 228; a store keeps its own]"
+)
+@click.option(
+    "--stride", type=int, default=None, help="Window stride of a new store (px)  [default: 20; a store keeps its own]"
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_user_errors
 def ingest(
-    store: str, blurred: str, kernels: str, sharp: str | None, pairs: str | None, window: int, stride: int, quiet: bool
+    store: str,
+    blurred: str,
+    kernels: str,
+    sharp: str | None,
+    pairs: str | None,
+    window: int | None,
+    stride: int | None,
+    quiet: bool,
 ) -> None:
     """Add already-blurred images with known kernels (e.g. real photographs) to STORE.
 
@@ -405,6 +427,144 @@ def info(store: str, as_json: bool, threshold: float) -> None:
             f"  labels   {est['estimator']}: {est['done']}/{est['total']} windows, "
             f"positive rate {est['positive_rate']:.3f} at similarity > {threshold}"
         )
+
+
+def _estimator_from_options(name: str, params: tuple[str, ...]) -> Any:
+    """A registered estimator with ``KEY=VALUE`` overrides, typed by the parameter dataclass."""
+    import dataclasses
+
+    from kernels_gpu import estimators
+
+    try:
+        base = estimators.get(name)
+    except KeyError:
+        raise InputError(
+            f"--estimator: unknown estimator {name!r} (registered: {', '.join(estimators.available())})"
+        ) from None
+    fields = {f.name: f for f in dataclasses.fields(base.params)}
+    overrides: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise InputError(f"--param: expected KEY=VALUE with KEY one of {', '.join(fields)}, got {item!r}")
+        kind = type(getattr(base.params, key))
+        try:
+            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise InputError(f"--param: {key} expects a {kind.__name__}, got {value!r}") from None
+    try:
+        return estimators.get(name, **overrides)
+    except ValueError as exc:
+        raise InputError(f"--param: {exc}") from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("store")
+@click.option("--estimator", "-e", default="l0grad", show_default=True, help="Registered estimator name.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Estimator parameter override (a new estimator id); repeatable.",
+)
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray.")
+@click.option("--workers", type=int, default=0, help="Actors (default: as many as the resources allow).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--gpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--shard-images", type=int, default=8, show_default=True, help="Images per output shard.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def label(
+    store: str,
+    estimator: str,
+    params: tuple[str, ...],
+    address: str | None,
+    workers: int,
+    device: str,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    shard_images: int,
+    quiet: bool,
+) -> None:
+    """Run a blind estimator on every window of STORE and record its similarity to the true kernel.
+
+    Distributed over a pool of Ray actors; resumable (done shards are skipped) and
+    incremental (only the rows this estimator id lacks are computed).
+    """
+    from .labels import plan_labels
+    from .ray_label import RayOptions, run_labels
+    from .store import Store
+
+    if shard_images < 1:
+        raise InputError(f"--shard-images: must be >= 1, got {shard_images}")
+    if workers < 0 or cpus_per_worker <= 0 or gpus_per_worker <= 0:
+        raise InputError("--workers, --cpus-per-worker and --gpus-per-worker must be positive")
+    est = _estimator_from_options(estimator, params)
+    target = Store(store)
+    plan = plan_labels(target, est, shard_images)
+    if not plan.shards:
+        click.echo(
+            f"nothing to do: all {plan.total_windows} windows of {plan.total_images} images already "
+            f"have {est.id} labels"
+        )
+        return
+    todo = plan.todo_windows
+    click.echo(
+        f"{est.id}: {todo} windows of {sum(len(s) for _, s in plan.shards)} images to label in "
+        f"{len(plan.shards)} shards ({plan.done_windows} already done)"
+    )
+    bar = _Progress(todo, "win", quiet, "label")
+    try:
+        run = run_labels(
+            target, est, plan, RayOptions(address, workers, device, gpus_per_worker, cpus_per_worker), progress=bar
+        )
+    finally:
+        bar.close()
+    rate = run.done_windows / run.seconds if run.seconds else 0.0
+    click.echo(
+        f"labelled {run.done_windows} windows of {run.planned_images - len(run.failed)} images in "
+        f"{run.seconds:.1f} s ({rate:.2f} windows/s) on {run.workers} {run.device} workers; "
+        f"rows in {target.url}/labels/estimator={est.id}/"
+    )
+    if run.failed:
+        for image_id, error in sorted(run.failed.items()):
+            click.echo(f"  image {image_id} failed: {error}", err=True)
+        raise click.ClickException(f"{len(run.failed)} images failed (listed above); rerun to retry them")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("store")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.75,
+    show_default=True,
+    help="Similarity above which a window is good (the label at lambda).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def status(store: str, threshold: float, as_json: bool) -> None:
+    """Labelling progress of STORE per estimator: done/total, positive rate, throughput, time left."""
+    from .labels import label_summaries
+    from .store import Store
+
+    summaries = label_summaries(Store(store), threshold)
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+        return
+    if not summaries:
+        click.echo(f"{store}: no labels yet")
+    for s in summaries:
+        rate = f"{s['windows_per_second']:.2f} windows/s" if s["windows_per_second"] else "rate unknown"
+        left = f", {s['seconds_left'] / 60:.1f} min left" if s["seconds_left"] else ""
+        click.echo(
+            f"{s['estimator']}: {s['done']}/{s['total']} windows ({100 * s['done'] / max(s['total'], 1):.1f} %),"
+            f" positive rate {s['positive_rate']:.3f} at similarity > {threshold}; {rate}{left}"
+        )
+        for image_id, error in s["failed_images"].items():
+            click.echo(f"  failed image {image_id}: {error}")
 
 
 if __name__ == "__main__":  # pragma: no cover

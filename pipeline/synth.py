@@ -66,9 +66,10 @@ class SynthConfig:
             raise InputError(f"--size: must be >= 3, got {self.size}")
         if self.window > self.size:
             raise InputError(f"--window: {self.window} px is larger than the images (--size {self.size})")
-        if hi > self.window:
+        # folder kernels are checked one by one when they are read
+        if self.kernels == "trajectory" and hi > self.window:
             raise InputError(f"--kernel-sizes: kernels of {hi} px are larger than the window ({self.window} px)")
-        if hi // 2 > self.margin:
+        if self.kernels == "trajectory" and hi // 2 > self.margin:
             raise InputError(f"--margin: {self.margin} px is too small for {hi} px kernels (need >= {hi // 2})")
         if not (self.noise_sigma >= 0 and np.isfinite(self.noise_sigma)):
             raise InputError(f"--noise-sigma: must be a finite number >= 0, got {self.noise_sigma}")
@@ -84,8 +85,15 @@ class SynthConfig:
         return self.size + 2 * self.margin
 
     def store_settings(self) -> dict[str, Any]:
-        """What must stay the same for every synth run into one store."""
-        return {"size": self.size, "margin": self.margin, "noise_sigma": self.noise_sigma, "fit": self.fit}
+        """What must stay the same for every synth run into one store.
+
+        ``fit`` only applies to folder pictures (builtin ones are always resized), so a
+        builtin run leaves it open and a later folder run may choose it.
+        """
+        settings: dict[str, Any] = {"size": self.size, "margin": self.margin, "noise_sigma": self.noise_sigma}
+        if self.sharp != "builtin":
+            settings["fit"] = self.fit
+        return settings
 
 
 @dataclass(frozen=True)
@@ -138,9 +146,6 @@ def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
     for p in files:
         raw = read_kernel_raw(p)
         kernel = check_kernel(raw, str(p))
-        total = float(np.asarray(raw, np.float64).sum())
-        if abs(total - 1) > 1e-3:
-            log.warning("%s: kernel sums to %.4g, normalised to 1", p, total)
         if max(kernel.shape) > config.window:
             raise InputError(
                 f"{p}: kernel {kernel.shape[0]}x{kernel.shape[1]} is larger than the window ({config.window} px)"
@@ -149,6 +154,9 @@ def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
             raise InputError(
                 f"{p}: kernel {kernel.shape[0]}x{kernel.shape[1]} needs --margin >= {max(kernel.shape) // 2}"
             )
+        total = float(np.asarray(raw, np.float64).sum())
+        if abs(total - 1) > 1e-3:  # after the checks: a rejected kernel gets its one error line only
+            log.warning("%s: kernel sums to %.4g, normalised to 1", p, total)
         side = max(kernel.shape)
         out.append((f"file:{folder.name}/{p.name}", fit_size(kernel, side)))
     return out
@@ -259,7 +267,8 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     if store.is_store():
         manifest = store.manifest()
         store.check_grid(manifest, config.window, config.stride)
-        if manifest.get("synth") and manifest["synth"] != config.store_settings():
+        settings = manifest.get("synth") or {}
+        if any(key in settings and settings[key] != value for key, value in config.store_settings().items()):
             raise InputError(
                 f"{store.url}: was synthesised with {manifest['synth']}; this run asks for "
                 f"{config.store_settings()} (use a new store)"
@@ -284,13 +293,14 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
         )
     }
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
-    new_kernels: dict[int, np.ndarray] = {}
+    used_kernels: dict[int, np.ndarray] = {}  # kernel row -> kernel, for every pair to make
+    first_new_kernel = next_kernel
     for j in sorted({j for _, j in todo}):
         key, k = kernels[j]
         if key not in kernel_rows:
             kernel_rows[key] = next_kernel
             next_kernel += 1
-        new_kernels[kernel_rows[key]] = k
+        used_kernels[kernel_rows[key]] = k
 
     bucket = f"{config.size}x{config.size}"
     blurred_name, sharp_name = f"blurred/{bucket}", f"sharp/{bucket}"
@@ -333,14 +343,15 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     store.ensure_array(blurred_name, next_blurred, (config.size, config.size))
     store.ensure_array(sharp_name, next_sharp, (config.size, config.size))
     kernel_array = store.ensure_array("kernels", next_kernel, (capacity, capacity))
-    for row, k in new_kernels.items():
-        kernel_array[row] = fit_size(k, capacity)
-    _execute(tasks, new_kernels, config, store, progress)
+    for row, k in used_kernels.items():
+        if row >= first_new_kernel:  # kernels already in the store belong to their images: never rewritten
+            kernel_array[row] = fit_size(k, capacity)
+    _execute(tasks, used_kernels, config, store, progress)
 
     table = pa.concat_tables([images, pa.Table.from_pylist(rows, schema=images.schema)])
     store.write_images(table)
     manifest = store.manifest()
-    manifest["synth"] = config.store_settings()
+    manifest["synth"] = {**(manifest.get("synth") or {}), **config.store_settings()}
     run = {k: v for k, v in asdict(config).items() if k != "workers"}
     manifest["runs"] = [*manifest.get("runs", []), {"command": "synth", "config": run, "images_added": len(rows)}]
     store.write_manifest(manifest)

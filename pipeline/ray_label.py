@@ -1,0 +1,258 @@
+"""Labelling on Ray: the one module that touches Ray's actor API.
+
+A pool of ``LabelWorker`` actors, each owning a GPU (CuPy) or a share of CPUs
+(NumPy), builds its estimator once and labels one image per call: all of the
+image's windows go through the estimator as one batch, the estimated kernels go
+into the store's Zarr array, and the per-window similarities come back to the
+driver.  The driver keeps every worker busy, assembles finished shards and
+publishes them (``labels.write_shard``).  A worker whose node dies is restarted
+by Ray and its image resubmitted; an image that raises is reported, not retried
+within the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .labels import ImageJob, LabelPlan, prepare_arrays, write_estimator_description, write_shard
+from .store import Store
+
+__all__ = ["LabelRun", "RayOptions", "label_image", "run_labels"]
+
+log = logging.getLogger(__name__)
+
+#: attempts per image when workers die under it (node loss), before it is reported as failed
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start a local Ray sized to this machine
+    workers: int = 0  # 0: as many as the resources allow
+    device: str = "auto"  # "auto", "cpu" or "gpu"
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0
+    object_store_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class LabelRun:
+    planned_images: int
+    planned_windows: int
+    done_windows: int
+    failed: dict[int, str]
+    seconds: float
+    workers: int
+    device: str
+
+
+def label_image(job: ImageJob, estimator: Any, device: str, worker: str, node: str) -> dict[str, Any]:
+    """Estimate every window of one image and score it against the true kernel (no Ray here)."""
+    import numpy as np
+
+    from kernels_gpu.backend import to_device, to_numpy
+    from kernels_gpu.similarity import similarity
+
+    from .windows import grid
+
+    store = Store(job.store_url)
+    pixels = np.asarray(store.array(job.blurred_array)[job.blurred_index], dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"blurred pixels of image {job.image_id} are missing or not finite")
+    corners = grid(job.height, job.width, job.window, job.stride)
+    s = job.window
+    windows = np.stack([pixels[y : y + s, x : x + s] for y, x in corners])
+    truth = store.kernel(job.kernel_index, job.kernel_size)
+    start = time.perf_counter()
+    batch = to_device(windows, device)
+    kernels = estimator(batch, job.estimate_size)
+    scores = to_numpy(similarity(kernels, to_device(truth, device)))
+    kernels = to_numpy(kernels)
+    seconds = time.perf_counter() - start
+    store.array(job.estimates_array, "r+")[job.blurred_index] = kernels
+    return {
+        "image_id": job.image_id,
+        "similarity": scores.astype(np.float32),
+        "seconds": seconds,
+        "worker": worker,
+        "node": node,
+        "device": device,
+    }
+
+
+class LabelWorker:
+    """A Ray actor: builds its estimator once, then labels one image per call."""
+
+    def __init__(self, estimator: str, params: dict, device: str, threads: int) -> None:
+        # one actor per share of CPUs: keep scipy.fft inside that share
+        os.environ["GOODREGIONS_FFT_WORKERS"] = str(max(1, threads))
+        from kernels_gpu import estimators
+
+        self.estimator = estimators.get(estimator, **params)
+        self.device = device
+        import ray
+
+        context = ray.get_runtime_context()
+        self.node = f"{socket.gethostname()}:{context.get_node_id()[:8]}"
+        self.worker = f"{self.node}/pid{os.getpid()}"
+
+    def label(self, job: ImageJob) -> dict[str, Any]:
+        try:
+            return label_image(job, self.estimator, self.device, self.worker, self.node)
+        except Exception as exc:  # one bad image must not take the job down
+            return {"image_id": job.image_id, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+    def where(self) -> str:
+        return self.worker
+
+
+def _init_ray(options: RayOptions) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if options.address:
+        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=len(os.sched_getaffinity(0)),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=options.object_store_mb * 2**20,
+        log_to_driver=False,
+    )
+
+
+def _pool_size(options: RayOptions) -> tuple[int, str, dict]:
+    """Number of workers, their device, and their Ray resource request."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    device = options.device
+    if device == "auto":
+        device = "gpu" if gpus >= options.gpus_per_worker > 0 else "cpu"
+    if device == "gpu":
+        if gpus < options.gpus_per_worker:
+            raise RuntimeError(f"--device gpu: the cluster has {gpus:g} GPUs")
+        request = {"num_gpus": options.gpus_per_worker, "num_cpus": min(options.cpus_per_worker, 1.0)}
+        fit = int(gpus // options.gpus_per_worker)
+    else:
+        request = {"num_cpus": options.cpus_per_worker}
+        fit = int(resources.get("CPU", 1) // options.cpus_per_worker)
+    return max(1, options.workers or fit), device, request
+
+
+def run_labels(
+    store: Store, estimator: Any, plan: LabelPlan, options: RayOptions, progress: Callable[[int], None] | None = None
+) -> LabelRun:
+    """Compute every shard of ``plan`` on a Ray actor pool and publish each shard as it completes.
+
+    Workers are used only once they have started (a replacement for a worker lost
+    with its node may wait for resources without holding up the others); an image
+    whose worker dies is resubmitted, up to ``MAX_ATTEMPTS`` times.
+    """
+    import ray
+
+    start = time.perf_counter()
+    jobs = [j for _, shard in plan.shards for j in shard]
+    if not jobs:
+        return LabelRun(0, 0, 0, {}, 0.0, 0, "none")
+    write_estimator_description(store, estimator)
+    prepare_arrays(store, plan)
+    _init_ray(options)
+    n_workers, device, request = _pool_size(options)
+    n_workers = min(n_workers, len(jobs))
+    threads = max(1, int(request.get("num_cpus", 1))) if device == "cpu" else 1
+    actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **request)(LabelWorker)
+    params = estimator.describe()["params"]
+    lost = ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError
+
+    starting: dict[Any, Any] = {}  # where() ref -> actor not yet known to be up
+    idle: list[Any] = []
+    in_flight: dict[Any, tuple[Any, ImageJob]] = {}
+    spare_starts = 2 * n_workers  # replacements allowed before giving up on workers that cannot start
+
+    def start_worker() -> None:
+        actor = actor_cls.remote(estimator.name, params, device, threads)
+        starting[actor.where.remote()] = actor
+
+    for _ in range(n_workers):
+        start_worker()
+
+    run_id = uuid.uuid4().hex[:12]
+    shard_of = {j.image_id: name for name, shard in plan.shards for j in shard}
+    waiting = {name: {j.image_id for j in shard} for name, shard in plan.shards}
+    results: dict[str, list[dict]] = {name: [] for name, _ in plan.shards}
+    started: dict[str, float] = {}
+    attempts: dict[int, int] = {}
+    queue = list(reversed(jobs))
+    failed: dict[int, str] = {}
+    done_windows = 0
+
+    def finish(job: ImageJob, result: dict) -> None:
+        nonlocal done_windows
+        shard = shard_of[job.image_id]
+        results[shard].append(result)
+        waiting[shard].discard(job.image_id)
+        if "error" in result:
+            failed[job.image_id] = result["error"]
+            log.warning("image %d failed: %s", job.image_id, result["error"])
+        else:
+            done_windows += len(result["similarity"])
+            if progress:
+                progress(len(result["similarity"]))
+        if not waiting[shard]:
+            meta = {"run": run_id, "started": started[shard], "finished": time.time(), "device": device}
+            write_shard(store, plan.estimator_id, shard, results.pop(shard), meta)
+
+    while queue or in_flight:
+        while queue and idle:
+            job, actor = queue.pop(), idle.pop()
+            started.setdefault(shard_of[job.image_id], time.time())
+            in_flight[actor.label.remote(job)] = (actor, job)
+        if not in_flight and not starting:
+            raise RuntimeError("no labelling worker could start; see the Ray logs")
+        ready, _ = ray.wait([*in_flight, *starting], num_returns=1)
+        ref = ready[0]
+        if ref in starting:
+            actor = starting.pop(ref)
+            try:
+                ray.get(ref)
+                idle.append(actor)
+            except lost as exc:
+                log.warning("a labelling worker failed to start: %s", type(exc).__name__)
+                if spare_starts > 0:
+                    spare_starts -= 1
+                    start_worker()
+            continue
+        actor, job = in_flight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except lost as exc:
+            attempts[job.image_id] = attempts.get(job.image_id, 0) + 1
+            log.warning(
+                "worker lost under image %d (attempt %d): %s", job.image_id, attempts[job.image_id], type(exc).__name__
+            )
+            ray.kill(actor, no_restart=True)
+            start_worker()  # placed when resources allow; the others carry on meanwhile
+            if attempts[job.image_id] < MAX_ATTEMPTS:
+                queue.append(job)
+                continue
+            result = {"image_id": job.image_id, "error": f"worker lost {MAX_ATTEMPTS} times ({type(exc).__name__})"}
+        else:
+            idle.append(actor)
+        finish(job, result)
+
+    for actor in [*idle, *starting.values()]:
+        ray.kill(actor)
+    return LabelRun(len(jobs), plan.todo_windows, done_windows, failed, time.perf_counter() - start, n_workers, device)
