@@ -187,7 +187,7 @@ def prepare_arrays(store: Store, plan: LabelPlan) -> None:
             n = window_count(j.height, j.width, j.window, j.stride)
             needed[j.estimates_array] = (rows, (n, j.estimate_size, j.estimate_size))
     for name, (rows, shape) in needed.items():
-        store.ensure_array(name, rows, shape)
+        store.ensure_array(name, rows, shape, ("blurred_index", "window_id", "ky", "kx"))
 
 
 def write_estimator_description(store: Store, estimator: Any) -> None:

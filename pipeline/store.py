@@ -211,8 +211,13 @@ class Store:
 
         return zarr.open_array(store=self.zarr_store(read_only=mode == "r"), path=name, mode=mode)
 
-    def ensure_array(self, name: str, rows: int, shape: tuple[int, ...]) -> Any:
-        """Create ``name`` as ``(rows, *shape)`` float32 with one chunk per row, or grow it to ``rows``."""
+    def ensure_array(
+        self, name: str, rows: int, shape: tuple[int, ...], dimension_names: tuple[str, ...] | None = None
+    ) -> Any:
+        """Create ``name`` as ``(rows, *shape)`` float32 with one chunk per row, or grow it to ``rows``.
+
+        ``dimension_names`` defaults to ``(<group>_index, y, x)`` for image-like arrays.
+        """
         import zarr
 
         zstore = self.zarr_store()
@@ -227,6 +232,8 @@ class Store:
                 dtype="float32",
                 fill_value=np.nan,
                 zarr_format=3,
+                # named like the images.parquet columns that index them, so xarray can open the groups
+                dimension_names=dimension_names or (f"{posixpath.dirname(name) or 'kernel'}_index", "y", "x"),
             )
         if tuple(arr.shape[1:]) != tuple(shape):
             raise InputError(f"{self.url}: array {name} holds {arr.shape[1:]} items, not {shape}")
