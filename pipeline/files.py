@@ -30,6 +30,19 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+KERNEL_SUFFIXES = {".npy", ".png", ".mat"}
+#: when a kernel comes in several formats (Levin's data ships .npy beside a .png preview), the most precise
+SUFFIX_PREFERENCE = {".npy": 0, ".mat": 1, ".tif": 2, ".tiff": 2, ".png": 3, ".jpg": 4, ".jpeg": 4}
+
+
+def one_format_per_name(paths: list[pathlib.Path]) -> list[pathlib.Path]:
+    """Keep one file per stem, the one in the most precise format (kernel7.npy over kernel7.png)."""
+    best: dict[str, pathlib.Path] = {}
+    for p in paths:
+        rank = SUFFIX_PREFERENCE.get(p.suffix.lower(), 9)
+        if p.stem not in best or rank < SUFFIX_PREFERENCE.get(best[p.stem].suffix.lower(), 9):
+            best[p.stem] = p
+    return sorted(best.values())
 
 
 class InputError(ValueError):

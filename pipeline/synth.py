@@ -130,7 +130,7 @@ def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
     """``(key, kernel)`` for every kernel, validated, odd-sized, sum 1."""
     from kernels_gpu.trajectory import camera_shake_kernels
 
-    from .files import check_kernel, read_kernel_raw
+    from .files import KERNEL_SUFFIXES, check_kernel, one_format_per_name, read_kernel_raw
 
     if config.kernels == "trajectory":
         lo, hi = config.kernel_sizes
@@ -139,7 +139,7 @@ def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
     folder = pathlib.Path(config.kernels)
     if not folder.is_dir():
         raise InputError(f"--kernels: {folder} is not a folder (or 'trajectory')")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".npy", ".png", ".mat"})
+    files = one_format_per_name([p for p in folder.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES])
     if not files:
         raise InputError(f"--kernels: {folder} holds no .npy, .png or .mat kernels")
     out = []
