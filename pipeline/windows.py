@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .schema import WINDOWS
 
-__all__ = ["axis_starts", "grid", "window_count", "windows_table"]
+__all__ = ["axis_starts", "grid", "standardize", "window_count", "windows_table"]
 
 
 def axis_starts(length: int, size: int, stride: int) -> np.ndarray:
@@ -59,3 +59,11 @@ def windows_table(images: pa.Table, size: int, stride: int) -> pa.Table:
         },
         schema=WINDOWS,
     )
+
+
+def standardize(windows: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """Each window of ``(n, S, S)`` to zero mean and unit standard deviation (float32)."""
+    windows = np.asarray(windows, dtype=np.float32)
+    mean = windows.mean(axis=(-2, -1), keepdims=True)
+    std = windows.std(axis=(-2, -1), keepdims=True)
+    return ((windows - mean) / (std + eps)).astype(np.float32)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from kernels_gpu import estimators
 from pipeline.cli import main
 from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
-from pipeline.ray_label import RayOptions, run_labels
+from pipeline.distributed import RayOptions, run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.raytools import local_ray

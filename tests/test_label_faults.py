@@ -19,7 +19,7 @@ import pytest
 
 from kernels_gpu import estimators
 from pipeline.labels import plan_labels, read_labels
-from pipeline.ray_label import RayOptions, run_labels
+from pipeline.distributed import RayOptions, run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.raytools import ROOT

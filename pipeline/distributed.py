@@ -1,4 +1,4 @@
-"""Labelling on Ray: the one module that touches Ray's actor API.
+"""Ray execution: the one module that touches Ray's actor and ``map_batches`` APIs.
 
 A pool of ``LabelWorker`` actors, each owning a GPU (CuPy) or a share of CPUs
 (NumPy), builds its estimator once and labels one image per call: all of the
@@ -256,3 +256,61 @@ def run_labels(
     for actor in [*idle, *starting.values()]:
         ray.kill(actor)
     return LabelRun(len(jobs), plan.todo_windows, done_windows, failed, time.perf_counter() - start, n_workers, device)
+
+
+# ----------------------------------------------------------------------------- windows for training
+
+
+class WindowCropper:
+    """Ray Data callable: image rows in, one row per window out (cropped from Zarr, normalised).
+
+    Each input row is one image with the list columns ``y``, ``x``, ``window_id``,
+    ``label`` and ``similarity`` of its windows, so a worker decodes each image chunk
+    once for all of its windows; the store's arrays are opened once per worker.
+    Windows are standardised one by one (zero mean, unit standard deviation): the
+    classifier then sees structure, not exposure.
+    """
+
+    def __init__(self, store_url: str, window: int) -> None:
+        self.store = Store(store_url)
+        self.window = window
+        self.arrays: dict[str, Any] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from .windows import standardize
+
+        s = self.window
+        out: dict[str, list] = {"window": [], "label": [], "similarity": [], "image_id": [], "window_id": []}
+        for i, name in enumerate(batch["blurred_array"]):
+            if name not in self.arrays:
+                self.arrays[name] = self.store.array(name)
+            pixels = np.asarray(self.arrays[name][int(batch["blurred_index"][i])], dtype=np.float32)
+            ys, xs = np.asarray(batch["y"][i]), np.asarray(batch["x"][i])
+            views = np.lib.stride_tricks.sliding_window_view(pixels, (s, s))
+            out["window"].append(standardize(views[ys, xs]))
+            out["label"].append(np.asarray(batch["label"][i], np.float32))
+            out["similarity"].append(np.asarray(batch["similarity"][i], np.float32))
+            out["image_id"].append(np.full(len(ys), batch["image_id"][i], np.int64))
+            out["window_id"].append(np.asarray(batch["window_id"][i], np.int32))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def window_dataset(index: Any, store_url: str, window: int, workers: int = 1, num_cpus: float = 0.5) -> Any:
+    """A Ray Dataset of labelled windows from an image-level index table (see ``WindowCropper``).
+
+    ``num_cpus`` below 1 leaves room for Ray Train's workers: on a small machine Ray
+    Data deadlocks when its actors and the trainers hold every CPU.
+    """
+    import ray
+
+    blocks = max(1, min(index.num_rows, 4 * workers))
+    return ray.data.from_arrow(index).repartition(blocks).map_batches(
+        WindowCropper,
+        fn_constructor_kwargs={"store_url": store_url, "window": window},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=num_cpus,
+    )
