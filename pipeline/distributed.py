@@ -306,11 +306,15 @@ def window_dataset(index: Any, store_url: str, window: int, workers: int = 1, nu
     import ray
 
     blocks = max(1, min(index.num_rows, 4 * workers))
-    return ray.data.from_arrow(index).repartition(blocks).map_batches(
-        WindowCropper,
-        fn_constructor_kwargs={"store_url": store_url, "window": window},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=num_cpus,
+    return (
+        ray.data.from_arrow(index)
+        .repartition(blocks)
+        .map_batches(
+            WindowCropper,
+            fn_constructor_kwargs={"store_url": store_url, "window": window},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=num_cpus,
+        )
     )

@@ -97,6 +97,9 @@ def plan_pairs(
         if not needed <= set(reader.fieldnames or []):
             raise InputError(f"--pairs: {pairs_csv} needs the columns {', '.join(sorted(needed))}")
         for line, row in enumerate(reader, start=2):
+            missing = [c for c in ("blurred", "kernel") if not (row.get(c) or "").strip()]  # sharp may be empty
+            if missing:
+                raise InputError(f"--pairs: {pairs_csv} line {line}: no {', '.join(missing)}")
             triple = (
                 blurred_dir / row["blurred"],
                 kernel_dir / row["kernel"],
@@ -117,11 +120,15 @@ def run_ingest(
     kernel_dir: str,
     sharp_dir: str | None = None,
     pairs_csv: str | None = None,
-    window: int = 228,
-    stride: int = 20,
+    window: int | None = None,
+    stride: int | None = None,
     progress: Any = None,
 ) -> IngestResult:
-    """Add every pair to ``store`` (created with the given window grid if it does not exist)."""
+    """Add every pair to ``store``.
+
+    A new store gets the window grid ``window``/``stride`` (default 228/20); an
+    existing store keeps its own, and values given must match it.
+    """
     import pyarrow.compute as pc
 
     bdir, kdir = pathlib.Path(blurred_dir), pathlib.Path(kernel_dir)
@@ -130,10 +137,15 @@ def run_ingest(
 
     if store.is_store():
         manifest = store.manifest()
+        grid = manifest["window"]
+        window = grid["size"] if window is None else window
+        stride = grid["stride"] if stride is None else stride
         store.check_grid(manifest, window, stride)
         images = store.images()
     else:
         manifest, images = None, schema.empty(schema.IMAGES)
+        window = 228 if window is None else window
+        stride = 20 if stride is None else stride
     capacity = manifest["kernel_capacity"] if manifest else window - 1 + window % 2
     existing = set(images["blurred_source"].drop_null().to_pylist())
 
@@ -144,7 +156,7 @@ def run_ingest(
     todo, blurred_px, kernel_px, sharp_px = [], {}, {}, {}
     for b, k, s in triples:
         bkey = key(bdir, b)
-        if bkey in existing:
+        if bkey in existing or bkey in blurred_px:  # already in the store, or listed twice
             continue
         blurred_px[bkey] = pixels = read_image(b)
         if min(pixels.shape) < window:
@@ -153,12 +165,12 @@ def run_ingest(
         if kkey not in kernel_px:
             raw = read_kernel_raw(k)
             kernel = check_kernel(raw, str(k))
-            if abs(float(np.asarray(raw, np.float64).sum()) - 1) > 1e-3:
-                log.warning("%s: kernel sums to %.4g, normalised to 1", k, float(np.asarray(raw).sum()))
             if max(kernel.shape) > window:
                 raise InputError(
                     f"{k}: kernel {kernel.shape[0]}x{kernel.shape[1]} is larger than the window ({window} px)"
                 )
+            if abs(float(np.asarray(raw, np.float64).sum()) - 1) > 1e-3:  # after the checks, as in synth
+                log.warning("%s: kernel sums to %.4g, normalised to 1", k, float(np.asarray(raw, np.float64).sum()))
             kernel_px[kkey] = fit_size(kernel, max(kernel.shape))
         skey = key(sdir, s) if s is not None else None
         if skey is not None and skey not in sharp_px:
@@ -174,12 +186,12 @@ def run_ingest(
 
     manifest = store.create(window, stride)
     kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
-    sharp_rows = {
+    sharp_rows = {  # a synthesised image's sharp row is a crop of its picture, not the picture: not shared
         s: (a, i)
-        for s, a, i in zip(
-            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
+        for s, a, i, o in zip(
+            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index", "origin")), strict=True
         )
-        if s
+        if s and o == "ingest"
     }
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0

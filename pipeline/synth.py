@@ -274,7 +274,9 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
                 f"{config.store_settings()} (use a new store)"
             )
     images = store.images() if store.is_store() else schema.empty(schema.IMAGES)
-    done = set(zip(images["sharp_source"].to_pylist(), images["kernel_source"].to_pylist(), strict=True))
+    # ingested photographs may name the same sharp and kernel files: they are neither done pairs nor sharp rows here
+    synthesised = images.filter(pc.equal(images["origin"], "synth"))
+    done = set(zip(synthesised["sharp_source"].to_pylist(), synthesised["kernel_source"].to_pylist(), strict=True))
     todo = [(i, j) for i, j in pairs if (sharps[i][0], kernels[j][0]) not in done]
     if not todo:
         return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
@@ -289,7 +291,7 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     sharp_rows = {
         s: (a, i)
         for s, a, i in zip(
-            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
+            *(synthesised[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
         )
     }
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0

@@ -16,6 +16,11 @@ def local_ray(num_cpus: int = 2):
     if ray.is_initialized():
         return ray
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=512 * 2**20,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     return ray

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from kernels_gpu import estimators
 from pipeline.cli import main
-from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
 from pipeline.distributed import RayOptions, run_labels
+from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.raytools import local_ray
@@ -30,8 +30,18 @@ def ray_local():
 
 
 def _config(**kw) -> SynthConfig:
-    base = dict(sharp=str(LEVIN_SHARP), kernels="trajectory", num_kernels=2, kernel_sizes=(11, 21), size=160,
-                margin=16, fit="resize", window=96, stride=32, seed=3)
+    base = dict(
+        sharp=str(LEVIN_SHARP),
+        kernels="trajectory",
+        num_kernels=2,
+        kernel_sizes=(11, 21),
+        size=160,
+        margin=16,
+        fit="resize",
+        window=96,
+        stride=32,
+        seed=3,
+    )
     return SynthConfig(**{**base, **kw})
 
 

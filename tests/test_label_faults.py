@@ -18,8 +18,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from kernels_gpu import estimators
-from pipeline.labels import plan_labels, read_labels
 from pipeline.distributed import RayOptions, run_labels
+from pipeline.labels import plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.raytools import ROOT
@@ -30,9 +30,21 @@ WINDOWS_PER_IMAGE = 9  # 200 px images, 128 px windows at stride 24: 3 x 3
 
 def _store(tmp_path, kernels=4) -> Store:
     store = Store(str(tmp_path / "store"))
-    run_synth(store, SynthConfig(sharp=str(LEVIN_SHARP), kernels="trajectory", num_kernels=kernels,
-                                 kernel_sizes=(11, 25), size=200, margin=16, fit="resize", window=128, stride=24,
-                                 seed=5))
+    run_synth(
+        store,
+        SynthConfig(
+            sharp=str(LEVIN_SHARP),
+            kernels="trajectory",
+            num_kernels=kernels,
+            kernel_sizes=(11, 25),
+            size=200,
+            margin=16,
+            fit="resize",
+            window=128,
+            stride=24,
+            seed=5,
+        ),
+    )
     return store
 
 
@@ -54,8 +66,10 @@ def cluster():
 
     ray.shutdown()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                       "object_store_memory": 256 * 2**20})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 256 * 2**20},
+    )
     nodes = [c.add_node(num_cpus=1, object_store_memory=256 * 2**20) for _ in range(2)]
     ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
     c.wait_for_nodes()
@@ -98,8 +112,18 @@ def test_driver_killed_mid_run_then_rerun(tmp_path):
     store = _store(tmp_path, kernels=4)  # 16 images
     l0 = estimators.get("l0grad")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "label", store.url, "-q",
-           "--shard-images", "1", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from pipeline.cli import main; main()",
+        "label",
+        store.url,
+        "-q",
+        "--shard-images",
+        "1",
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     done_dir = pathlib.Path(store.path("labels", f"estimator={l0.id}", "_done"))
     deadline = time.time() + 120
