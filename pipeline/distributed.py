@@ -297,24 +297,23 @@ class WindowCropper:
         return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def window_dataset(index: Any, store_url: str, window: int, workers: int = 1, num_cpus: float = 0.5) -> Any:
+def window_dataset(index: Any, store_url: str, window: int, workers: int = 1, num_cpus: float = 0.25) -> Any:
     """A Ray Dataset of labelled windows from an image-level index table (see ``WindowCropper``).
 
-    ``num_cpus`` below 1 leaves room for Ray Train's workers: on a small machine Ray
-    Data deadlocks when its actors and the trainers hold every CPU.
+    The index is handed over as several blocks (no repartition task), and the
+    cropping actors ask for a fraction of a CPU: on a small machine Ray Data
+    deadlocks when its tasks, its actors and the trainers together need every CPU.
     """
     import ray
 
     blocks = max(1, min(index.num_rows, 4 * workers))
-    return (
-        ray.data.from_arrow(index)
-        .repartition(blocks)
-        .map_batches(
-            WindowCropper,
-            fn_constructor_kwargs={"store_url": store_url, "window": window},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=num_cpus,
-        )
+    step = -(-index.num_rows // blocks)
+    parts = [index.slice(i, step) for i in range(0, index.num_rows, step)] or [index]
+    return ray.data.from_arrow(parts).map_batches(
+        WindowCropper,
+        fn_constructor_kwargs={"store_url": store_url, "window": window},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=num_cpus,
     )
