@@ -640,5 +640,56 @@ def train(
     click.echo(f"wrote {result.model_path}, model.json, metrics.csv and metrics.png in {out}")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("image")
+@click.option("--model", "-m", type=click.Path(file_okay=False), required=True, help="Folder written by train.")
+@click.option(
+    "--kernel-size",
+    "-k",
+    type=int,
+    default=None,
+    help="Odd kernel size to estimate (default: 31, or the true size + 4 for builtin samples).",
+)
+@click.option("--estimator", "-e", default=None, help="Registered estimator (default: the model's).")
+@click.option("--window", type=int, default=None, help="Window side (default: the model's).")
+@click.option("--stride", type=int, default=None, help="Window stride (default: the model's).")
+@click.option("--top", type=int, default=10, show_default=True, help="Ranked windows listed in windows.json.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@_user_errors
+def select(
+    image: str,
+    model: str,
+    kernel_size: int | None,
+    estimator: str | None,
+    window: int | None,
+    stride: int | None,
+    top: int,
+    out: str,
+) -> None:
+    """Pick the best window of IMAGE with the trained model, estimate the kernel there, deblur the image.
+
+    Writes windows.json (ranked windows), heatmap.png, kernel.npy/.png and deblurred.png to OUT.
+    """
+    from training.select import run_select
+
+    pixels, truth = _load_input(image)
+    if kernel_size is None:
+        kernel_size = truth.shape[0] + 4 if truth is not None else 31
+    if top < 1:
+        raise InputError(f"--top: must be >= 1, got {top}")
+    summary = run_select(
+        pixels, model, out, kernel_size, estimator, window, stride, top, truth, name=pathlib.Path(image).name
+    )
+    best = summary["best"]
+    line = (
+        f"best of {summary['windows_scored']} windows: ({best['y']}, {best['x']}) {best['size']} px, "
+        f"score {best['score']:.2f}; kernel by {summary['estimator']} in {summary['seconds']:.1f} s"
+    )
+    if "similarity_to_true_kernel" in summary:
+        line += f"; similarity to the true kernel {summary['similarity_to_true_kernel']:.3f}"
+    click.echo(line)
+    click.echo(f"wrote windows.json, heatmap.png, kernel.npy, kernel.png and deblurred.png in {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

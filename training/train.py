@@ -258,6 +258,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         torch.save(state["model"], tmp)
     write_history_csv(out / "metrics.csv", history)
     plot_history(out / "metrics.png", history, config.estimator, config.threshold)
+    spec_path = f"labels/estimator={config.estimator}/_estimator.json"
+    spec = json.loads(store.read_bytes(spec_path)) if store.exists(spec_path) else None
     description = {
         "format": "goodregions window classifier",
         "architecture": "torchvision resnet34, 1 input channel, max-pool replaced by a stride-2 convolution, 1 logit",
@@ -265,6 +267,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         "stride": grid["stride"],
         "normalisation": NORMALISATION,
         "estimator": config.estimator,
+        "estimator_spec": spec,
         "threshold": config.threshold,
         "split": split.as_dict(),
         "train": {k: v for k, v in asdict(config).items() if k not in ("out", "address")},
