@@ -691,5 +691,117 @@ def select(
     click.echo(f"wrote windows.json, heatmap.png, kernel.npy, kernel.png and deblurred.png in {out}")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("source")
+@click.option("--model", "-m", type=click.Path(file_okay=False), required=True, help="Folder written by train.")
+@click.option(
+    "--selectors",
+    default=",".join(("cnn", "fergus", "xu-jia", "hu-yang", "whole", "random", "oracle")),
+    show_default=True,
+    help="Comma-separated selectors to compare.",
+)
+@click.option("--estimator", "-e", default=None, help="Evaluation estimator (default: the model's).")
+@click.option("--window", type=int, default=None, help="Window side (default: the model's).")
+@click.option("--stride", type=int, default=None, help="Window stride (default: the model's).")
+@click.option(
+    "--kernel-size",
+    type=int,
+    default=31,
+    show_default=True,
+    help="Kernel size for images whose true kernel is unknown (else true size + 4).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
+@click.option(
+    "--split",
+    type=click.Choice(["all", "val"]),
+    default="all",
+    show_default=True,
+    help="'val': only the store images of the model's validation sources.",
+)
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT).")
+@click.option("--workers", type=int, default=0, help="Parallel images (default: one per CPU).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def evaluate(
+    source: str,
+    model: str,
+    selectors: str,
+    estimator: str | None,
+    window: int | None,
+    stride: int | None,
+    kernel_size: int,
+    seed: int,
+    split: str,
+    address: str | None,
+    workers: int,
+    out: str,
+    quiet: bool,
+) -> None:
+    """Compare region selectors on SOURCE (a store, or a folder of images without ground truth).
+
+    For each image and selector: choose a region, estimate the kernel there,
+    deconvolve the whole image, and score it by Levin's error ratio and PSNR.
+    Writes results.parquet, results.md, er_curve.png and psnr.png to OUT.
+    """
+    from training.evaluate import SELECTORS, plan_jobs, run_evaluate
+    from training.select import estimator_for, load_classifier
+
+    from .distributed import RayOptions
+
+    chosen = tuple(s.strip() for s in selectors.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SELECTORS]
+    if unknown or not chosen:
+        raise InputError(
+            f"--selectors: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SELECTORS)}"
+        )
+    if "hu-yang" in chosen and not (pathlib.Path(model) / "hu_yang.json").is_file():
+        raise InputError(f"--selectors: hu-yang needs {pathlib.Path(model) / 'hu_yang.json'} (written by train)")
+    classifier = load_classifier(model, "cpu")
+    est = estimator_for(classifier.info, estimator)
+    only = set(classifier.info["split"]["val_sources"]) if split == "val" else None
+    size, step = window or classifier.window, stride or classifier.stride
+    jobs = plan_jobs(source, model, chosen, est, out, size, step, kernel_size, seed, only)
+    if not jobs:
+        raise InputError(f"{source}: no image is at least one window ({window or classifier.window} px) large")
+    bar = _Progress(0, "img", quiet, "evaluate")
+    bar.set_total(len(jobs))
+    try:
+        _results, errors = run_evaluate(jobs, out, RayOptions(address=address, workers=workers, device="cpu"), bar)
+    finally:
+        bar.close()
+    click.echo((pathlib.Path(out) / "results.md").read_text().strip())
+    click.echo(f"\nwrote results.parquet, results.md, er_curve.png, psnr.png and deblurred/ in {out}")
+    for error in errors:
+        click.echo(f"  failed: {error}", err=True)
+    if errors:
+        raise click.ClickException(f"{len(errors)} images failed (listed above)")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="goodregions-demo",
+    show_default=True,
+    help="Folder for the store, the model and every output.",
+)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs.")
+@_user_errors
+def demo(out: str, epochs: int) -> None:
+    """Run synth -> label -> train -> select -> evaluate end to end on built-in images (minutes on 2 cores)."""
+    from training.demo import DemoConfig, run_demo
+
+    if epochs < 1:
+        raise InputError(f"--epochs: must be >= 1, got {epochs}")
+    outputs = run_demo(DemoConfig(out=out, epochs=epochs), say=click.echo)
+    click.echo("")
+    click.echo(pathlib.Path(outputs["table"]).read_text().strip())
+    click.echo("")
+    for key in ("er_curve", "psnr", "heatmap", "deblurred", "metrics"):
+        click.echo(f"{key:10s} {outputs[key]}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -317,3 +317,45 @@ def window_dataset(index: Any, store_url: str, window: int, workers: int = 1, nu
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
     )
+
+
+# ----------------------------------------------------------------------------- independent jobs
+
+
+def map_jobs(
+    fn: Callable[[Any], dict], jobs: list[Any], options: RayOptions, progress: Callable[[int], None] | None = None
+) -> list[dict]:
+    """Run ``fn(job)`` for every job as Ray tasks; results in job order.
+
+    ``fn`` must be importable (a module-level function).  A job whose task raises
+    gives ``{"error": "..."}`` instead of stopping the others; a task lost with its
+    worker is retried by Ray.  At most two tasks per worker are in flight, so the
+    driver never holds more than that many results it has not consumed.
+    """
+    import ray
+
+    if not jobs:
+        return []
+    _init_ray(options)
+    n_workers, device, request = _pool_size(options)
+    task = ray.remote(max_retries=3, **request)(_call_reporting_errors)
+    results: list[dict | None] = [None] * len(jobs)
+    pending = list(range(len(jobs)))[::-1]
+    in_flight: dict[Any, int] = {}
+    while pending or in_flight:
+        while pending and len(in_flight) < 2 * n_workers:
+            i = pending.pop()
+            in_flight[task.remote(fn, jobs[i], device)] = i
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        i = in_flight.pop(ready[0])
+        results[i] = ray.get(ready[0])
+        if progress:
+            progress(1)
+    return results  # type: ignore[return-value]
+
+
+def _call_reporting_errors(fn: Callable[..., dict], job: Any, device: str) -> dict:
+    try:
+        return fn(job, device)
+    except Exception as exc:  # reported per job; the run goes on
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

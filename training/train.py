@@ -258,6 +258,9 @@ def run_training(config: TrainConfig) -> TrainResult:
         torch.save(state["model"], tmp)
     write_history_csv(out / "metrics.csv", history)
     plot_history(out / "metrics.png", history, config.estimator, config.threshold)
+    from .hu_yang import fit_hu_yang
+
+    fit_hu_yang(store, train_index, grid["size"], out)  # the baseline learns from the same labels and split
     spec_path = f"labels/estimator={config.estimator}/_estimator.json"
     spec = json.loads(store.read_bytes(spec_path)) if store.exists(spec_path) else None
     description = {
