@@ -60,7 +60,7 @@ def _assert_complete(store: Store, estimator_id: str, images: int) -> None:
 
 @pytest.fixture
 def cluster():
-    """A head (no CPUs: the driver only) and two worker nodes with one CPU each."""
+    """A head (no CPUs: the driver only) and two worker nodes with one CPU each; the second advertises a GPU."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -70,7 +70,7 @@ def cluster():
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 256 * 2**20},
     )
-    nodes = [c.add_node(num_cpus=1, object_store_memory=256 * 2**20) for _ in range(2)]
+    nodes = [c.add_node(num_cpus=1, num_gpus=gpus, object_store_memory=256 * 2**20) for gpus in (0, 1)]
     ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
     c.wait_for_nodes()
     yield c, nodes
@@ -86,7 +86,7 @@ def test_losing_a_worker_node_mid_run(tmp_path, cluster):
     outcome = {}
 
     def work():
-        outcome["run"] = run_labels(store, l0, plan, RayOptions(workers=2))
+        outcome["run"] = run_labels(store, l0, plan, RayOptions(workers=2, device="cpu"))
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -99,10 +99,27 @@ def test_losing_a_worker_node_mid_run(tmp_path, cluster):
     thread.join(timeout=600)
     assert not thread.is_alive()
     run = outcome["run"]
-    assert run.failed == {}
+    assert run.failed == {} and run.device == "cpu"
     _assert_complete(store, l0.id, 16)
     nodes_seen = set(read_labels(store, l0.id)["node"].to_pylist())
     assert len(nodes_seen) == 2  # both worker nodes did work before one was lost
+
+
+def test_gpu_workers_are_placed_on_gpu_nodes(cluster):
+    """A GPU pool asks Ray for one GPU per worker, so its actors land on the GPU node (a fake one here)."""
+    import ray
+
+    from pipeline.distributed import LabelWorker, _pool_size
+
+    _, nodes = cluster
+    workers, device, request = _pool_size(RayOptions(device="auto"))
+    assert (workers, device, request["num_gpus"]) == (1, "gpu", 1.0)
+    actor = ray.remote(**request)(LabelWorker).remote("l0grad", {}, "cpu", 1)
+    where = ray.get(actor.where.remote())
+    assert nodes[1].node_id[:8] in where and nodes[0].node_id[:8] not in where
+    ray.kill(actor)
+    workers, device, request = _pool_size(RayOptions(device="cpu"))
+    assert (workers, device, request) == (2, "cpu", {"num_cpus": 1.0})
 
 
 def test_driver_killed_mid_run_then_rerun(tmp_path):
