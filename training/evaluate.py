@@ -184,7 +184,7 @@ def summary_table(results: pa.Table) -> str:
         "| selector | images | "
         + " | ".join(f"ER ≤ {e:g}" for e in ER_LEVELS)
         + " | median ER | mean PSNR (dB) | mean similarity |",
-        "|---" * (6 + len(ER_LEVELS)) + "|",
+        "|---" * (5 + len(ER_LEVELS)) + "|",
     ]
     for name in [s for s in SELECTORS if s in set(known["selector"])]:
         part = known[known["selector"] == name]
@@ -196,14 +196,16 @@ def summary_table(results: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: pa.Table, er_path: pathlib.Path, psnr_path: pathlib.Path) -> None:
-    """The paper's Fig. 8 (cumulative error ratio per selector) and Fig. 9 (PSNR per image)."""
+def plot_curves(results: pa.Table, er_path: pathlib.Path, psnr_path: pathlib.Path) -> bool:
+    """The paper's Fig. 8 (cumulative error ratio per selector) and Fig. 9 (PSNR per image); False if no data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     frame = results.filter(pc.is_valid(results["error_ratio"])).to_pandas()
+    if frame.empty:  # nothing with ground truth: no curve to draw
+        return False
     names = [s for s in SELECTORS if s in set(frame["selector"])]
     levels = np.linspace(1, 5, 161)
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -242,6 +244,7 @@ def plot_curves(results: pa.Table, er_path: pathlib.Path, psnr_path: pathlib.Pat
     with atomic_path(psnr_path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    return True
 
 
 def plan_jobs(
