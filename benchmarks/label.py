@@ -35,8 +35,8 @@ import numpy as np
 from kernels_gpu import estimators
 from kernels_gpu.kernels import delta
 from kernels_gpu.similarity import similarity
-from pipeline.labels import plan_labels, read_labels
 from pipeline.distributed import RayOptions, label_image, run_labels
+from pipeline.labels import plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 

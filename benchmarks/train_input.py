@@ -37,8 +37,17 @@ def build(root: pathlib.Path, n_images: int) -> tuple[Store, str]:
     estimator_id = "input-benchmark@1-00000000"
     rng = np.random.default_rng(0)
     per_image = window_count(450, 450, 228, 20)
-    results = [{"image_id": i, "similarity": rng.random(per_image), "seconds": 0.0, "worker": "-", "node": "-",
-                "device": "cpu"} for i in store.images()["image_id"].to_pylist()]
+    results = [
+        {
+            "image_id": i,
+            "similarity": rng.random(per_image),
+            "seconds": 0.0,
+            "worker": "-",
+            "node": "-",
+            "device": "cpu",
+        }
+        for i in store.images()["image_id"].to_pylist()
+    ]
     write_shard(store, estimator_id, "shard-000000-bench", results, {})
     return store, estimator_id
 
@@ -58,21 +67,29 @@ def main() -> None:
         index = build_index(store, estimator_id, 0.5)
         windows = sum(len(w) for w in index["window_id"].to_pylist())
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False, object_store_memory=2 * 2**30)
+        ray.init(
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            object_store_memory=2 * 2**30,
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
-        print(f"{index.num_rows} images of 450x450, {windows} windows of 228x228, batches of 32, "
-              f"{len(os.sched_getaffinity(0))} CPU cores")
-        print("| cropping actors | first batch after (s) | steady windows/s | steady windows/s per actor | "
-              "windows/s including start-up |")
+        print(
+            f"{index.num_rows} images of 450x450, {windows} windows of 228x228, batches of 32, "
+            f"{len(os.sched_getaffinity(0))} CPU cores"
+        )
+        print(
+            "| cropping actors | first batch after (s) | steady windows/s | steady windows/s per actor | "
+            "windows/s including start-up |"
+        )
         print("|---|---|---|---|---|")
         for workers in (1, 2):
             dataset = window_dataset(index, store.url, 228, workers)
             start = time.perf_counter()
             first = None
             seen = 0
-            for batch in dataset.iter_torch_batches(batch_size=32, local_shuffle_buffer_size=512,
-                                                    dtypes=torch.float32):
+            for batch in dataset.iter_torch_batches(batch_size=32, local_shuffle_buffer_size=512, dtypes=torch.float32):
                 assert batch["window"].shape[1:] == (228, 228)
                 seen += len(batch["label"])
                 if first is None:  # actors start and the shuffle buffer fills: timed separately
@@ -80,8 +97,10 @@ def main() -> None:
             end = time.perf_counter()
             assert seen == windows
             steady = (seen - after_first) / (end - first)
-            print(f"| {workers} | {first - start:.1f} | {steady:.0f} | {steady / workers:.0f} | "
-                  f"{windows / (end - start):.0f} |")
+            print(
+                f"| {workers} | {first - start:.1f} | {steady:.0f} | {steady / workers:.0f} | "
+                f"{windows / (end - start):.0f} |"
+            )
         ray.shutdown()
 
 
