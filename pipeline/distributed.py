@@ -12,6 +12,7 @@ within the run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import socket
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: attempts per image when workers die under it (node loss), before it is reported as failed
 MAX_ATTEMPTS = 4
+#: threads publishing finished shards (Parquet + done marker) while the driver keeps the workers busy
+PUBLISH_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ def run_labels(
         start_worker()
 
     run_id = uuid.uuid4().hex[:12]
+    publisher = concurrent.futures.ThreadPoolExecutor(max_workers=PUBLISH_THREADS)
+    publishing: list[concurrent.futures.Future] = []
     shard_of = {j.image_id: name for name, shard in plan.shards for j in shard}
     waiting = {name: {j.image_id for j in shard} for name, shard in plan.shards}
     results: dict[str, list[dict]] = {name: [] for name, _ in plan.shards}
@@ -213,7 +218,10 @@ def run_labels(
                 progress(len(result["similarity"]))
         if not waiting[shard]:
             meta = {"run": run_id, "started": started[shard], "finished": time.time(), "device": device}
-            write_shard(store, plan.estimator_id, shard, results.pop(shard), meta)
+            # published by a small thread pool: on object storage a shard's two PUTs cost tens of ms,
+            # which the driver would otherwise pay between handing out images
+            publishing.append(publisher.submit(write_shard, store, plan.estimator_id, shard, results.pop(shard),
+                                               meta))
 
     while queue or in_flight:
         while queue and idle:
@@ -255,6 +263,9 @@ def run_labels(
 
     for actor in [*idle, *starting.values()]:
         ray.kill(actor)
+    publisher.shutdown(wait=True)
+    for future in publishing:
+        future.result()  # a failed publish is an error of the run: its shard will be recomputed on the rerun
     return LabelRun(len(jobs), plan.todo_windows, done_windows, failed, time.perf_counter() - start, n_workers, device)
 
 
