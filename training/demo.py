@@ -27,7 +27,7 @@ class DemoConfig:
     size: int = 192
     window: int = 96
     stride: int = 32
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 16
     seed: int = 0
 
@@ -70,7 +70,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     l0grad = estimators.get("l0grad")
     run = run_labels(store, l0grad, plan_labels(store, l0grad, 8), RayOptions(cpus_per_worker=1))
     similarity = read_labels(store, l0grad.id)["similarity"].to_numpy()
-    threshold = float(np.round(np.median(similarity), 2))  # balances good and bad windows
+    threshold = round(float(np.median(similarity)), 2)  # balances good and bad windows
     step(
         f"label: {len(similarity)} windows with {l0grad.id} ({run.done_windows} computed); median similarity "
         f"{np.median(similarity):.3f}, so lambda = {threshold}"
