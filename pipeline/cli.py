@@ -36,7 +36,28 @@ def _user_errors(func: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings=CONTEXT)
+class _OneLineErrors(click.Group):
+    """A click group whose usage errors (bad option values, unknown options) end in one line, like ours."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings=CONTEXT)
 @click.version_option(package_name="goodregions", prog_name="goodregions")
 def main() -> None:
     """goodregions: learn which image regions are good for blind kernel estimation.

@@ -139,3 +139,19 @@ def test_even_kernel_is_padded_not_rejected(tmp_path, blurred_png):
     np.save(path, np.ones((4, 4)))
     result = run("deblur", blurred_png, "--kernel", path, "-o", tmp_path / "s.png")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["estimate", "x.png", "--kernel-size", "abc", "-o", "k.npy"], "--kernel-size"),
+        (["estimate"], "IMAGE"),
+        (["synth", "store", "--size", "big"], "--size"),
+        (["label", "store", "--nonsense"], "--nonsense"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_click_usage_errors_are_one_line(args, needle):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    _one_line_error(result, needle)
