@@ -77,7 +77,8 @@ def test_every_window_labelled_exactly_once(ray_local, store, tmp_path):
     sims = table["similarity"].to_numpy()
     assert np.all((sims >= 0) & (sims <= 1 + 1e-6))
     assert np.median(sims) > 0.5  # real estimates, not noise: a delta scores ~0.4-0.5 on these kernels
-    assert set(table["device"].to_pylist()) == {"cpu"} and all(table["worker"].to_pylist())
+    assert set(table["device"].to_pylist()) == {"cpu"}
+    assert len(set(table["worker"].to_pylist())) == 2  # both workers of the pool took images
     # the kernels are in zarr, one (windows, ks, ks) block per image, each a valid kernel
     images = store.images().to_pylist()
     for row in images:
