@@ -21,16 +21,8 @@ import csv
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
-
-def goodregions(*args: str) -> str:
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", *args]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode:
-        raise SystemExit(run.stdout + run.stderr)
-    return run.stdout
+from _cli import goodregions
 
 
 def main() -> None:
@@ -59,8 +51,21 @@ def main() -> None:
                     writer.writerow([png.name, f"{png.stem}_true.npy", f"{png.stem.split('_')[0]}.png"])
             extra = ["--pairs", str(table)]
         if not store.exists():
-            print(goodregions("ingest", str(store), *ingest, "--sharp", str(args.levin / "sharp"), *extra,
-                              "--window", window, "--stride", stride, "-q").strip())
+            print(
+                goodregions(
+                    "ingest",
+                    str(store),
+                    *ingest,
+                    "--sharp",
+                    str(args.levin / "sharp"),
+                    *extra,
+                    "--window",
+                    window,
+                    "--stride",
+                    stride,
+                    "-q",
+                ).strip()
+            )
         print(goodregions("label", str(store), "-q").strip().splitlines()[-1])
         out = args.work / f"eval_{name}"
         report = goodregions("evaluate", str(store), "--model", str(args.model), "--out", str(out), "-q")

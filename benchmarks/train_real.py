@@ -18,17 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import pathlib
-import subprocess
-import sys
 import time
 
-
-def goodregions(*args: str) -> str:
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", *args]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode:
-        raise SystemExit(run.stdout + run.stderr)
-    return run.stdout
+from _cli import goodregions
 
 
 def main() -> None:

@@ -27,6 +27,17 @@ from pipeline.synth import SynthConfig, run_synth
 from tests.raytools import ROOT, local_ray
 
 LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
+CONFIG = SynthConfig(
+    sharp=str(LEVIN_SHARP),
+    num_kernels=3,
+    kernel_sizes=(7, 13),
+    size=96,
+    margin=8,
+    fit="resize",
+    window=64,
+    stride=16,
+    seed=6,
+)  # 12 images of 96 px, 4 windows each
 
 
 def _free_port() -> int:
@@ -77,20 +88,7 @@ def s3_server():
 @pytest.fixture(scope="module")
 def s3_store(s3_server):
     store = Store("s3://goodregions-test/ds")
-    result = run_synth(
-        store,
-        SynthConfig(
-            sharp=str(LEVIN_SHARP),
-            num_kernels=3,
-            kernel_sizes=(7, 13),
-            size=96,
-            margin=8,
-            fit="resize",
-            window=64,
-            stride=16,
-            seed=6,
-        ),
-    )
+    result = run_synth(store, CONFIG)
     assert result.added == 12
     return store
 
@@ -98,20 +96,7 @@ def s3_store(s3_server):
 def test_synth_on_s3_is_readable_and_append_only(s3_store):
     assert s3_store.fs.exists("goodregions-test/ds/manifest.json")
     assert s3_store.images().num_rows == 12 and s3_store.windows().num_rows == 12 * 4
-    again = run_synth(
-        s3_store,
-        SynthConfig(
-            sharp=str(LEVIN_SHARP),
-            num_kernels=3,
-            kernel_sizes=(7, 13),
-            size=96,
-            margin=8,
-            fit="resize",
-            window=64,
-            stride=16,
-            seed=6,
-        ),
-    )
+    again = run_synth(s3_store, CONFIG)
     assert again.added == 0
 
 
