@@ -61,8 +61,12 @@ def main() -> None:
     print(f"{len(os.sched_getaffinity(0))} CPUs visible\n")
     print("| work | 1 process (s) | 2 processes at once (s each) | throughput 2 vs 1 |")
     print("|---|---|---|---|")
-    for name, fn in [("pure-Python loop", python_loop), ("NumPy elementwise, L2-sized", numpy_small),
-                     ("NumPy elementwise, 25 MB arrays", numpy_large), ("l0grad, 9 windows of 228 px", l0grad_batch)]:
+    for name, fn in [
+        ("pure-Python loop", python_loop),
+        ("NumPy elementwise, L2-sized", numpy_small),
+        ("NumPy elementwise, 25 MB arrays", numpy_large),
+        ("l0grad, 9 windows of 228 px", l0grad_batch),
+    ]:
         with ctx.Pool(1) as pool:
             one = pool.apply(_timed, (fn,))
         with ctx.Pool(2) as pool:

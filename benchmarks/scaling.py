@@ -57,15 +57,25 @@ def store_costs(store: Store, label: str) -> dict[str, float]:
     run_synth(store, SynthConfig(num_kernels=1, pairs=8, seed=0, workers=1))
     images = store.images().to_pylist()
     blurred = store.array("blurred/450x450")
-    store.ensure_array("estimates/bench/450x450_k31", len(images), (WINDOWS, KS, KS),
-                       ("blurred_index", "window_id", "ky", "kx"))
+    store.ensure_array(
+        "estimates/bench/450x450_k31", len(images), (WINDOWS, KS, KS), ("blurred_index", "window_id", "ky", "kx")
+    )
     estimates = store.array("estimates/bench/450x450_k31", "r+")
     kernels = np.random.default_rng(0).random((WINDOWS, KS, KS)).astype(np.float32)
     kernels /= kernels.sum(axis=(-2, -1), keepdims=True)
     read = _median_time(lambda: np.asarray(blurred[3]), 7)
     write = _median_time(lambda: estimates.__setitem__(2, kernels), 7)
-    results = [{"image_id": r["image_id"], "similarity": np.random.default_rng(1).random(WINDOWS), "seconds": 1.0,
-                "worker": "w", "node": "n", "device": "gpu"} for r in images]
+    results = [
+        {
+            "image_id": r["image_id"],
+            "similarity": np.random.default_rng(1).random(WINDOWS),
+            "seconds": 1.0,
+            "worker": "w",
+            "node": "n",
+            "device": "gpu",
+        }
+        for r in images
+    ]
     counter = iter(range(100))
     shard = _median_time(lambda: write_shard(store, "bench@1-0", f"shard-{next(counter):06d}-x", results, {}), 5)
     print(f"| {label} | {1000 * read:.1f} | {1000 * write:.1f} | {1000 * shard / len(images):.1f} |")
@@ -81,16 +91,24 @@ def actor_round_trip() -> float:
     @ray.remote(num_cpus=0.5)
     class Echo:
         def result(self, n: int) -> dict:
-            return {"image_id": 1, "similarity": np.zeros(n, np.float32), "seconds": 0.1, "worker": "w",
-                    "node": "n", "device": "gpu"}
+            return {
+                "image_id": 1,
+                "similarity": np.zeros(n, np.float32),
+                "seconds": 0.1,
+                "worker": "w",
+                "node": "n",
+                "device": "gpu",
+            }
 
     actor = Echo.remote()
     ray.get(actor.result.remote(WINDOWS))
     per_call = _median_time(lambda: ray.get([actor.result.remote(WINDOWS) for _ in range(200)]), 5) / 200
     single = _median_time(lambda: ray.get(actor.result.remote(WINDOWS)), 50)
     ray.shutdown()
-    print(f"\nRay actor call returning one image's result: {1000 * single:.2f} ms one at a time, "
-          f"{1000 * per_call:.2f} ms each when 200 are in flight")
+    print(
+        f"\nRay actor call returning one image's result: {1000 * single:.2f} ms one at a time, "
+        f"{1000 * per_call:.2f} ms each when 200 are in flight"
+    )
     return per_call
 
 
@@ -104,10 +122,15 @@ def _moto() -> tuple[subprocess.Popen, str] | None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = shutil.which("moto_server") or str(pathlib.Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -138,19 +161,25 @@ def main() -> None:
     per_call = actor_round_trip()
     from pipeline.distributed import PUBLISH_THREADS
 
-    print(f"\nThe driver hands out images and receives results (the actor call) on one thread; shards are "
-          f"published by {PUBLISH_THREADS} threads, so the publishing limit is {PUBLISH_THREADS} x the single-"
-          f"thread rate (if the store serves concurrent writes).\n")
-    print("| store | images/s: actor calls | images/s: publishing | sustained windows/s | "
-          "GPUs at 400 windows/s each | limit |")
+    print(
+        f"\nThe driver hands out images and receives results (the actor call) on one thread; shards are "
+        f"published by {PUBLISH_THREADS} threads, so the publishing limit is {PUBLISH_THREADS} x the single-"
+        f"thread rate (if the store serves concurrent writes).\n"
+    )
+    print(
+        "| store | images/s: actor calls | images/s: publishing | sustained windows/s | "
+        "GPUs at 400 windows/s each | limit |"
+    )
     print("|---|---|---|---|---|---|")
     for name, c in costs.items():
         calls = 1 / per_call
         publishing = PUBLISH_THREADS / c["shard_per_image"]
         images_per_s = min(calls, publishing)
         limit = "driver's actor calls" if calls < publishing else "shard writes to the store"
-        print(f"| {name} | {calls:.0f} | {publishing:.0f} | {WINDOWS * images_per_s:.0f} | "
-              f"{WINDOWS * images_per_s / 400:.0f} | {limit} |")
+        print(
+            f"| {name} | {calls:.0f} | {publishing:.0f} | {WINDOWS * images_per_s:.0f} | "
+            f"{WINDOWS * images_per_s / 400:.0f} | {limit} |"
+        )
 
 
 if __name__ == "__main__":

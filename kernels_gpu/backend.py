@@ -123,15 +123,21 @@ def ndimage(xp: ModuleType) -> ModuleType:
     return cupyx.scipy.ndimage
 
 
+@functools.cache
+def _usable_cores() -> int:
+    # sched_getaffinity costs ~60 us: asked once, not at every FFT
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def fft_workers() -> int:
     """Threads for scipy.fft: ``GOODREGIONS_FFT_WORKERS`` or every core we may use."""
     env = os.environ.get("GOODREGIONS_FFT_WORKERS")
     if env:
         return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return _usable_cores()
 
 
 def next_fast_len(n: int) -> int:

@@ -21,6 +21,8 @@ GOLDEN = pathlib.Path(__file__).resolve().parent / "data" / "golden"
 
 #: short runs: 2 scales, 2 iterations each, 3 windows of 96 px
 SHORT_L0GRAD = {"iterations": 2, "beta_max": 1e3}
+#: pan-l0 and dark-channel: 4 scales, 1 iteration each, a short gradient continuation, 10 CG steps
+SHORT_PAN = {"iterations": 1, "beta_max": 1e2, "cg_iterations": 10}
 
 
 def inputs() -> dict[str, np.ndarray]:
@@ -36,7 +38,11 @@ def compute(xp=np) -> dict[str, np.ndarray]:
     data = {k: xp.asarray(v) for k, v in inputs().items()}
     l0grad = estimators.get("l0grad", **SHORT_L0GRAD)
     kernels = l0grad(data["windows"], 17)
+    pan = estimators.get("pan-l0", **SHORT_PAN)(data["windows"], 17)
+    dark = estimators.get("dark-channel", **SHORT_PAN)(data["windows"], 17)
     return {
+        "pan_l0_kernels": to_numpy(pan),
+        "dark_channel_kernels": to_numpy(dark),
         "l0grad_kernels": to_numpy(kernels),
         "similarity": to_numpy(similarity(kernels, data["truth"])),
         "convolve_same": to_numpy(convolve(data["windows"], data["truth"], "same")),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import l0grad
+from . import dark_channel, l0grad, pan_l0
 
 __all__ = ["Estimator", "available", "get", "register"]
 
@@ -93,4 +93,20 @@ register(
     l0grad.L0GradParams,
     l0grad.estimate,
     "L0 gradient prior, coarse-to-fine, closed-form Fourier kernel step (Anger, Facciolo & Delbracio, IPOL 2019)",
+)
+
+register(
+    "pan-l0",
+    "1",
+    pan_l0.PanL0Params,
+    pan_l0.estimate,
+    "L0 intensity + gradient prior, coarse-to-fine, CG kernel step (Pan, Hu, Su & Yang, CVPR 2014)",
+)
+
+register(
+    "dark-channel",
+    "1",
+    dark_channel.DarkChannelParams,
+    dark_channel.estimate,
+    "Dark channel prior (35x35) + L0 gradient, coarse-to-fine, CG kernel step (Pan, Sun, Pfister & Yang, CVPR 2016)",
 )
