@@ -220,8 +220,7 @@ def run_labels(
             meta = {"run": run_id, "started": started[shard], "finished": time.time(), "device": device}
             # published by a small thread pool: on object storage a shard's two PUTs cost tens of ms,
             # which the driver would otherwise pay between handing out images
-            publishing.append(publisher.submit(write_shard, store, plan.estimator_id, shard, results.pop(shard),
-                                               meta))
+            publishing.append(publisher.submit(write_shard, store, plan.estimator_id, shard, results.pop(shard), meta))
 
     while queue or in_flight:
         while queue and idle:
