@@ -808,7 +808,7 @@ def evaluate(
     show_default=True,
     help="Folder for the store, the model and every output.",
 )
-@click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs.")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs.")
 @_user_errors
 def demo(out: str, epochs: int) -> None:
     """Run synth -> label -> train -> select -> evaluate end to end on built-in images (minutes on 2 cores)."""

@@ -22,12 +22,12 @@ __all__ = ["DemoConfig", "run_demo"]
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "goodregions-demo"
-    num_kernels: int = 4
+    num_kernels: int = 8
     kernel_sizes: tuple[int, int] = (9, 21)
     size: int = 192
     window: int = 96
     stride: int = 32
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 16
     seed: int = 0
 
