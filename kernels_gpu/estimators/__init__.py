@@ -95,9 +95,11 @@ register(
     "L0 gradient prior, coarse-to-fine, closed-form Fourier kernel step (Anger, Facciolo & Delbracio, IPOL 2019)",
 )
 
+# version 2 of pan-l0 and dark-channel: the kernel is carried between scales by MATLAB's bicubic
+# imresize and the latent step pads to the reference's FFT grid (opt_fft_size), as Pan's code does
 register(
     "pan-l0",
-    "1",
+    "2",
     pan_l0.PanL0Params,
     pan_l0.estimate,
     "L0 intensity + gradient prior, coarse-to-fine, CG kernel step (Pan, Hu, Su & Yang, CVPR 2014)",
@@ -105,7 +107,7 @@ register(
 
 register(
     "dark-channel",
-    "1",
+    "2",
     dark_channel.DarkChannelParams,
     dark_channel.estimate,
     "Dark channel prior (35x35) + L0 gradient, coarse-to-fine, CG kernel step (Pan, Sun, Pfister & Yang, CVPR 2016)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..backend import get_array_module, irfft2, next_fast_len, prev_fast_len, rfft2
@@ -13,8 +14,10 @@ __all__ = [
     "dst1_2d",
     "extract_kernel",
     "fix_size",
+    "imresize_cubic",
     "levin_downsample",
     "normalize_windows",
+    "opt_fft_size",
     "valid_gradients",
     "wrap_boundary",
 ]
@@ -204,6 +207,66 @@ def levin_downsample(image: Any, ratio: float) -> Any:
     taps = _levin_taps(ratio)
     smooth = _valid_filter_1d(_valid_filter_1d(image, taps, -2), taps, -1)
     return _linear_sample(_linear_sample(smooth, 1 / ratio, -2), 1 / ratio, -1).astype(image.dtype, copy=False)
+
+
+def opt_fft_size(n: int) -> int:
+    """The padded grid of Pan's code (Cho's ``opt_fft_size``): the smallest ``m >= n`` of the form
+    ``2^a 3^b 5^c 7^d``, or such a number times 11 or 13 (FFTW's fast sizes; pocketfft's and
+    cuFFT's too)."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r in (1, 11, 13):
+            return m
+        m += 1
+
+
+def _cubic(x: Any) -> Any:
+    """Keys' cubic convolution kernel with ``a = -0.5`` (MATLAB's ``imresize`` 'bicubic')."""
+    import numpy as np
+
+    ax = np.abs(x)
+    near = (1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
+    far = (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
+    return near + far
+
+
+def _cubic_weights(n: int, scale: float) -> Any:
+    """The ``(ceil(n scale), n)`` host matrix of MATLAB's ``imresize(., scale)`` along one axis, ``scale >= 1``.
+
+    Output pixel ``x`` (1-based) samples the input at ``u = x / scale + (1 - 1 / scale) / 2``
+    with the 4-tap cubic, weights renormalised to sum 1, and indices beyond the edges
+    mirrored (MATLAB's symmetric extension).  No antialiasing filter: it is an upscale.
+    """
+    import numpy as np
+
+    m = math.ceil(n * scale - 1e-9)
+    u = np.arange(1, m + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - 2)
+    taps = left[:, None] + np.arange(6)[None, :]  # ceil(4) + 2 candidate inputs per output
+    weights = _cubic(u[:, None] - taps)
+    weights /= weights.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(n), np.arange(n)[::-1]])
+    index = mirror[(taps.astype(np.int64) - 1) % (2 * n)]
+    out = np.zeros((m, n))
+    np.add.at(out, (np.repeat(np.arange(m), taps.shape[1]), index.ravel()), weights.ravel())
+    return out
+
+
+def imresize_cubic(kernel: Any, scale: float) -> Any:
+    """MATLAB's ``imresize(k, scale)`` (bicubic, ``scale >= 1``) of ``(B, n, n)`` kernels, batched.
+
+    Pan's ``resizeKer`` carries the kernel to the next finer scale this way; the output is
+    ``ceil(n scale)`` square, and may have small negative lobes (the caller clips them).
+    """
+    xp = get_array_module(kernel)
+    if scale < 1:
+        raise ValueError(f"imresize_cubic upsamples only, got scale {scale}")
+    weights = xp.asarray(_cubic_weights(kernel.shape[-1], scale), dtype=kernel.dtype)
+    return xp.matmul(xp.matmul(weights, kernel), weights.T)
 
 
 def fix_size(kernel: Any, size: int) -> Any:

@@ -8,9 +8,10 @@ the framework that the dark channel estimator (:mod:`.dark_channel`, Pan et al.
 
 Coarse to fine over scales ``sqrt(0.5)^s`` (kernel sizes ``ceil(ks ratio^s)``
 made odd, down to about 5 px); at the coarsest scale the kernel starts as a
-2-pixel horizontal bar, and it is carried up by :func:`kernels.resize` and
-Pan's ``fixsize``.  At every scale the blurred window is downsampled from the
-full window by Levin's ``downSmpImC`` and padded once to an FFT size
+2-pixel horizontal bar, and it is carried up as ``resizeKer`` does: MATLAB's
+bicubic ``imresize`` by ``sqrt 2`` (:func:`._common.imresize_cubic`), clipped,
+Pan's ``fixsize``, normalised.  At every scale the blurred window is downsampled from the
+full window by Levin's ``downSmpImC`` and padded once to a fast FFT size (``opt_fft_size``)
 ``>= H + ks - 1`` by the Liu & Jia wrap boundary; then, ``iterations`` times:
 
 1. latent image: L0 intensity + gradient prior by half-quadratic splitting
@@ -54,9 +55,6 @@ It costs three small Laplace solves (DST-I) per window and scale.
 
 Departures from the reference code:
 
-* the kernel is carried between scales by bilinear zoom (:func:`kernels.resize`
-  to ``ceil(h sqrt 2)``, then ``fixsize``) where MATLAB's ``imresize`` is bicubic;
-* FFT sizes are 5-smooth (MATLAB's ``opt_fft_size`` allows 7);
 * the CG kernel step runs in float64 on the small normal equations (the
   latent images are float32);
 * windows whose grey levels leave [0, 1] are min-max normalised (the reference
@@ -79,14 +77,16 @@ from typing import Any
 import numpy as np
 
 from .. import kernels as kops
-from ..backend import get_array_module, irfft2, next_fast_len, rfft2, to_numpy
+from ..backend import get_array_module, irfft2, rfft2, to_numpy
 from ..conv import kernel_otf
 from ._common import (
     cg_kernel_step,
     difference_otf_energy,
     fix_size,
+    imresize_cubic,
     levin_downsample,
     normalize_windows,
+    opt_fft_size,
     valid_gradients,
     wrap_boundary,
 )
@@ -266,7 +266,7 @@ def l0_deblur(
     ktk = (kotf.real**2 + kotf.imag**2).astype(dtype)
     dtd = difference_otf_energy((H, W), xp, dtype)
     latent = blurred
-    gx = gy = adj = den = None
+    gx = gy = adj = sq = keep = den = None
     beta_pixel = np.asarray(term.beta_start(blurred, lam_pixel), dtype=np.float64)
     while True:
         outer = beta_pixel < params.beta_pixel_max
@@ -286,12 +286,13 @@ def l0_deblur(
                 break
             b = _column(xp, beta, dtype)
             if gx is None:  # work arrays, reused: fresh large arrays cost page faults on every step
-                gx, gy, adj = xp.empty_like(latent), xp.empty_like(latent), xp.empty_like(latent)
+                gx, gy, adj, sq = (xp.empty_like(latent) for _ in range(4))
+                keep = xp.empty(latent.shape, dtype=bool)
                 den = xp.empty(data.shape, dtype=dtype)
             _circular_gradients_into(latent, gx, gy)
             xp.multiply(gx, gx, out=adj)
-            adj += gy * gy
-            keep = adj >= _column(xp, lam_grad / beta, dtype)
+            adj += xp.multiply(gy, gy, out=sq)
+            xp.greater_equal(adj, _column(xp, lam_grad / beta, dtype), out=keep)
             gx *= keep
             gy *= keep
             fs = rfft2(_circular_adjoint_into(gx, gy, adj))
@@ -300,7 +301,7 @@ def l0_deblur(
             xp.multiply(dtd, b, out=den)
             den += den_fixed
             fs /= den
-            new = irfft2(fs, s=(H, W))
+            new = irfft2(fs, s=(H, W), overwrite=True)
             latent = new if inner.all() else xp.where(_column(xp, inner, bool), new, latent)
             beta = beta * params.kappa
         beta_pixel = beta_pixel * params.kappa
@@ -325,8 +326,12 @@ def bar_kernel(size: int, batch: int, xp: Any) -> Any:
 
 
 def upscale_kernel(kernel: Any, size: int, ratio: float) -> Any:
-    """Carry kernels to the next finer scale: zoom by ``1 / ratio``, clip, ``fixsize`` to ``size``, normalise."""
-    zoomed = kops.resize(kernel, math.ceil(kernel.shape[-1] / ratio))
+    """Carry kernels to the next finer scale (``resizeKer``).
+
+    Bicubic ``imresize`` by ``1 / ratio``, negative lobes clipped, ``fixsize`` to ``size``, normalised.
+    """
+    xp = get_array_module(kernel)
+    zoomed = xp.maximum(imresize_cubic(kernel, 1 / ratio), 0)
     return kops.normalize(fix_size(zoomed, size))
 
 
@@ -437,7 +442,7 @@ def _one_scale(
     xp = get_array_module(blurred)
     H, W = blurred.shape[-2:]
     size = kernel.shape[-1]
-    shape = (next_fast_len(H + size - 1), next_fast_len(W + size - 1))
+    shape = (opt_fft_size(H + size - 1), opt_fft_size(W + size - 1))
     padded = wrap_boundary(blurred, shape)
     blurred_grads = valid_gradients(blurred)
     for _ in range(params.iterations):
@@ -474,7 +479,7 @@ def blind_deconv(windows: Any, kernel_size: int, params: PanParams, term: PixelT
     xp = get_array_module(windows)
     if xp is np and len(windows) > 1:
         H, W = windows.shape[-2:]
-        per_window = 4 * next_fast_len(H + kernel_size - 1) * next_fast_len(W + kernel_size - 1)
+        per_window = 4 * opt_fft_size(H + kernel_size - 1) * opt_fft_size(W + kernel_size - 1)
         chunk = max(1, CPU_CHUNK_BYTES // per_window)
         if chunk < len(windows):
             starts = range(0, len(windows), chunk)
