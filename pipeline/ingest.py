@@ -147,7 +147,21 @@ def run_ingest(
         window = 228 if window is None else window
         stride = 20 if stride is None else stride
     capacity = manifest["kernel_capacity"] if manifest else window - 1 + window % 2
-    existing = set(images["blurred_source"].drop_null().to_pylist())
+    stored_blurred = {
+        b: (a, i)
+        for b, a, i in zip(
+            *(images[c].to_pylist() for c in ("blurred_source", "blurred_array", "blurred_index")), strict=True
+        )
+        if b is not None
+    }
+    stored_sharps = {
+        s: (a, i)
+        for s, a, i, o in zip(
+            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index", "origin")), strict=True
+        )
+        if s and o == "ingest"
+    }
+    stored_kernels = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
 
     # read and check everything first
     def key(folder, path):
@@ -156,7 +170,10 @@ def run_ingest(
     todo, blurred_px, kernel_px, sharp_px = [], {}, {}, {}
     for b, k, s in triples:
         bkey = key(bdir, b)
-        if bkey in existing or bkey in blurred_px:  # already in the store, or listed twice
+        if bkey in blurred_px:  # listed twice
+            continue
+        if bkey in stored_blurred:  # already in the store: only if it is this very image
+            store.check_same(*stored_blurred[bkey], read_image(b), str(b), bkey)
             continue
         blurred_px[bkey] = pixels = read_image(b)
         if min(pixels.shape) < window:
@@ -172,9 +189,13 @@ def run_ingest(
             if abs(float(np.asarray(raw, np.float64).sum()) - 1) > 1e-3:  # after the checks, as in synth
                 log.warning("%s: kernel sums to %.4g, normalised to 1", k, float(np.asarray(raw, np.float64).sum()))
             kernel_px[kkey] = fit_size(kernel, max(kernel.shape))
+            if kkey in stored_kernels:
+                store.check_same("kernels", stored_kernels[kkey], fit_size(kernel, capacity), str(k), kkey)
         skey = key(sdir, s) if s is not None else None
         if skey is not None and skey not in sharp_px:
             sharp_px[skey] = read_image(s)
+            if skey in stored_sharps:
+                store.check_same(*stored_sharps[skey], sharp_px[skey], str(s), skey)
         if skey is not None and sharp_px[skey].shape != pixels.shape:
             raise InputError(
                 f"{s}: sharp image is {sharp_px[skey].shape[0]}x{sharp_px[skey].shape[1]} but "
@@ -186,13 +207,7 @@ def run_ingest(
 
     manifest = store.create(window, stride)
     kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
-    sharp_rows = {  # a synthesised image's sharp row is a crop of its picture, not the picture: not shared
-        s: (a, i)
-        for s, a, i, o in zip(
-            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index", "origin")), strict=True
-        )
-        if s and o == "ingest"
-    }
+    sharp_rows = dict(stored_sharps)  # a synthesised image's sharp row is a crop of its picture: not shared
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0
     next_row: dict[str, int] = {}

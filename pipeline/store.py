@@ -241,6 +241,21 @@ class Store:
             arr.resize((rows, *shape))
         return arr
 
+    def check_same(self, name: str, index: int, pixels: np.ndarray, source: str, key: str) -> None:
+        """Refuse an input whose source key is already in the store with other contents.
+
+        Sources are keyed by folder and file name (``file:kernels/k1.npy``), so a file of the same
+        name from another folder would otherwise pass for the one already stored: its pairs would be
+        skipped as done, or its images tied to the stored kernel.  ``pixels`` is the input as it would
+        be written to row ``index`` of array ``name``.
+        """
+        stored = np.asarray(self.array(name)[int(index)])
+        if stored.shape != pixels.shape or not np.allclose(stored, pixels, rtol=0, atol=1e-6):
+            raise InputError(
+                f"{source}: {self.url} already holds a different {key!r} (the same folder and file name); "
+                "rename the file or its folder, or use another store"
+            )
+
     def kernels(self, indices: Any) -> np.ndarray:
         """True kernels by ``kernel_index``, ``(n, K, K)`` at the store's kernel capacity."""
         return np.asarray(self.array("kernels").get_orthogonal_selection((np.asarray(indices),)))

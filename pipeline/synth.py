@@ -278,22 +278,24 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     synthesised = images.filter(pc.equal(images["origin"], "synth"))
     done = set(zip(synthesised["sharp_source"].to_pylist(), synthesised["kernel_source"].to_pylist(), strict=True))
     todo = [(i, j) for i, j in pairs if (sharps[i][0], kernels[j][0]) not in done]
-    if not todo:
-        return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
-    pictures = {}
-    for i in sorted({i for i, _ in todo}):
-        key, loader = sharps[i]
-        pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
-    manifest = store.create(config.window, config.stride)
-
-    capacity = manifest["kernel_capacity"]
-    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
-    sharp_rows = {
+    stored_sharps = {
         s: (a, i)
         for s, a, i in zip(
             *(synthesised[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
         )
     }
+    pictures = {}
+    for i in sorted({i for i, _ in todo} | {i for i, (key, _) in enumerate(sharps) if key in stored_sharps}):
+        key, loader = sharps[i]
+        pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
+    _check_stored_sources(store, images, stored_sharps, sharps, kernels, pictures, config)
+    if not todo:
+        return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
+    manifest = store.create(config.window, config.stride)
+
+    capacity = manifest["kernel_capacity"]
+    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    sharp_rows = dict(stored_sharps)
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     used_kernels: dict[int, np.ndarray] = {}  # kernel row -> kernel, for every pair to make
     first_new_kernel = next_kernel
@@ -358,6 +360,35 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     manifest["runs"] = [*manifest.get("runs", []), {"command": "synth", "config": run, "images_added": len(rows)}]
     store.write_manifest(manifest)
     return SynthResult(len(rows), images.num_rows, len(pairs), time.perf_counter() - start)
+
+
+def _source_path(folder: str, key: str) -> str:
+    """The file behind a ``file:<folder name>/<file name>`` key (the key itself for other sources)."""
+    return str(pathlib.Path(folder) / key.split("/", 1)[1]) if key.startswith("file:") else key
+
+
+def _check_stored_sources(
+    store: Store,
+    images: pa.Table,
+    stored_sharps: dict[str, tuple[str, int]],
+    sharps: list[tuple[str, Callable[[], np.ndarray]]],
+    kernels: list[tuple[str, np.ndarray]],
+    pictures: dict[int, np.ndarray],
+    config: SynthConfig,
+) -> None:
+    """Every input whose key the store already holds must be the stored one (:meth:`Store.check_same`)."""
+    if not images.num_rows:
+        return
+    capacity = store.manifest()["kernel_capacity"]
+    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    for key, k in kernels:
+        if key in kernel_rows:
+            store.check_same("kernels", kernel_rows[key], fit_size(k, capacity), _source_path(config.kernels, key), key)
+    m = config.margin
+    for i, (key, _) in enumerate(sharps):
+        if key in stored_sharps:
+            crop = pictures[i][m : m + config.size, m : m + config.size]
+            store.check_same(*stored_sharps[key], crop, _source_path(config.sharp, key), key)
 
 
 def _execute(

@@ -327,3 +327,34 @@ def test_a_photograph_listed_twice_is_ingested_once(tmp_path):
     store = tmp_path / "store"
     ok("ingest", store, "--blurred", LEVIN / "blurred", "--kernels", LEVIN / "kernels", "--pairs", csv, *GRID, "-q")
     assert len(_images(store)) == 1
+
+
+def test_another_file_under_a_stored_name_is_refused(photo_store, tmp_path):
+    """A photograph or kernel whose folder and file name are stored already must be that very file."""
+    store = tmp_path / "store"
+    shutil.copytree(photo_store, store)
+    before = snapshot(store)
+    # im1_kernel6.png is in the store: a different picture under that name is not "already ingested"
+    photo = iio.imread(LEVIN / "blurred" / "im1_kernel6.png")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    blurred = _photos(changed, {"im1_kernel6.png": 255 - photo})
+    one_line_error(
+        cli("ingest", store, "--blurred", blurred, "--kernels", LEVIN / "kernels", "-q"),
+        str(blurred / "im1_kernel6.png"),
+        "already holds a different",
+    )
+    assert snapshot(store) == before
+    # kernel6.npy is in the store: a new photograph must not be tied to it when its kernel6.npy differs
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    for path in (LEVIN / "kernels").glob("*.npy"):
+        np.save(kernels / path.name, np.load(path).T.copy())
+    (tmp_path / "fresh").mkdir()
+    fresh = _photos(tmp_path / "fresh", {"im3_kernel6.png": iio.imread(LEVIN / "blurred" / "im3_kernel8.png")})
+    one_line_error(
+        cli("ingest", store, "--blurred", fresh, "--kernels", kernels, "-q"),
+        str(kernels / "kernel6.npy"),
+        "already holds a different",
+    )
+    assert snapshot(store) == before

@@ -469,3 +469,34 @@ def test_a_folder_that_is_not_a_store_is_refused(command, tmp_path):
     args = ["synth", folder, *SMALL, *K1, "-q"] if command == "synth" else ["info", folder]
     one_line_error(cli(*args), str(folder), "not a goodregions store")
     assert snapshot(folder) == before
+
+
+def test_another_file_under_a_stored_name_is_refused(tmp_path):
+    """Sources are keyed by folder and file name: a different file under a stored key must not pass for it."""
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 256, (230, 230), dtype=np.uint8)
+    kernel = camera_shake_kernels(1, (11, 15), seed=1)[0]
+    first = tmp_path / "first"
+    first.mkdir()
+    sharp, kernels = _folder(first, "pictures", {"a.png": picture}), _folder(first, "kernels", {"k.npy": kernel})
+    store = tmp_path / "store"
+    ok("synth", store, *SMALL, "--sharp", sharp, "--kernels", kernels, "-q")
+    before = snapshot(store)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    # the same names with other contents: nothing may be skipped as done, nor tied to the stored kernel
+    changed_picture = _folder(other, "pictures", {"a.png": 255 - picture})
+    changed_kernel = _folder(other, "kernels", {"k.npy": kernel.T.copy()})
+    for args, path in [
+        (["--sharp", changed_picture, "--kernels", kernels], changed_picture / "a.png"),
+        (["--sharp", sharp, "--kernels", changed_kernel], changed_kernel / "k.npy"),
+    ]:
+        one_line_error(cli("synth", store, *SMALL, *args, "-q"), str(path), "already holds a different")
+        assert snapshot(store) == before
+
+    # a copy of the same files elsewhere is the same source: nothing to do, and nothing refused
+    same = tmp_path / "copy"
+    shutil.copytree(first, same)
+    result = ok("synth", store, *SMALL, "--sharp", same / "pictures", "--kernels", same / "kernels", "-q")
+    assert snapshot(store) == before, result.output
