@@ -53,10 +53,12 @@ cropped), where edgetaper would overwrite a kernel-wide band of each window with
 its own blur, a band that is a large share of a 228 px window at 55 px kernels.
 It costs three small Laplace solves (DST-I) per window and scale.
 
-Departures from the reference code:
+Departures from the reference code (version 2 removed two more: a bilinear kernel
+zoom between scales and 5-smooth FFT grids):
 
-* the CG kernel step runs in float64 on the small normal equations (the
-  latent images are float32);
+* the latent images are float32 where MATLAB computes in double (the CG kernel
+  step runs in float64 on its small normal equations); the L0 thresholds make
+  the result sensitive to such rounding (BENCHMARKS.md measures the spread);
 * windows whose grey levels leave [0, 1] are min-max normalised (the reference
   expects [0, 1] images; its weights are absolute);
 * the final kernel is centred once more after the last threshold (an integer
