@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import pathlib
 import shutil
@@ -35,26 +34,13 @@ import numpy as np
 from kernels_gpu import estimators
 from kernels_gpu.kernels import delta
 from kernels_gpu.similarity import similarity
-from pipeline.distributed import RayOptions, label_image, run_labels
+from pipeline.distributed import RayOptions, init_ray, label_image, run_labels
 from pipeline.labels import plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHARP = HERE.parent / "tests" / "data" / "levin2009" / "sharp"
-
-
-def _init_ray() -> None:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        object_store_memory=1024 * 2**20,
-    )
 
 
 def _fresh_labels(store: Store) -> None:
@@ -94,7 +80,7 @@ def throughput(workdir: pathlib.Path) -> None:
     direct = time.perf_counter() - start
     del os.environ["GOODREGIONS_FFT_WORKERS"]
 
-    _init_ray()
+    init_ray()
     times = {}
     for workers in (1, 2):
         _fresh_labels(store)
@@ -136,7 +122,7 @@ def levin(levin_dir: pathlib.Path, workdir: pathlib.Path) -> None:
     images = store.images()
     l0 = estimators.get("l0grad")
     plan = plan_labels(store, l0, 4)
-    _init_ray()
+    init_ray()
     run = run_labels(store, l0, plan, RayOptions(cpus_per_worker=1))
     table = read_labels(store, l0.id)
     sims = table["similarity"].to_numpy()

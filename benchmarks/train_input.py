@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import pathlib
 import tempfile
@@ -59,21 +58,14 @@ def main() -> None:
     import ray
     import torch
 
-    from pipeline.distributed import window_dataset
+    from pipeline.distributed import init_ray, window_dataset
     from training.data import build_index
 
     with tempfile.TemporaryDirectory() as tmp:
         store, estimator_id = build(pathlib.Path(tmp), args.images)
         index = build_index(store, estimator_id, 0.5)
         windows = sum(len(w) for w in index["window_id"].to_pylist())
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            num_cpus=len(os.sched_getaffinity(0)),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            object_store_memory=2 * 2**30,
-        )
+        init_ray(object_store_mb=2048)
         ray.data.DataContext.get_current().enable_progress_bars = False
         print(
             f"{index.num_rows} images of 450x450, {windows} windows of 228x228, batches of 32, "

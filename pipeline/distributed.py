@@ -25,7 +25,7 @@ from typing import Any
 from .labels import ImageJob, LabelPlan, prepare_arrays, write_estimator_description, write_shard
 from .store import Store
 
-__all__ = ["LabelRun", "RayOptions", "label_image", "run_labels"]
+__all__ = ["LabelRun", "RayOptions", "init_ray", "label_image", "run_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +116,29 @@ class LabelWorker:
         return self.worker
 
 
-def _init_ray(options: RayOptions) -> None:
+def init_ray(
+    address: str | None = None, object_store_mb: int = 1024, *, log_to_driver: bool = False, dashboard: bool = False
+) -> None:
+    """Join the Ray cluster at ``address``, or start a local Ray sized to this machine; nothing if Ray is up.
+
+    ``dashboard=True`` leaves ``ray.init``'s default (the dashboard starts): Ray Train V2 needs
+    its State API, or it logs an error every second of a ``fit()`` (``../shared/docs/stack.md``).
+    """
     import ray
 
     if ray.is_initialized():
         return
-    if options.address:
-        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
+        include_dashboard=None if dashboard else False,
         logging_level=logging.WARNING,
-        object_store_memory=options.object_store_mb * 2**20,
-        log_to_driver=False,
+        object_store_memory=object_store_mb * 2**20,
+        log_to_driver=log_to_driver,
     )
 
 
@@ -172,7 +179,7 @@ def run_labels(
         return LabelRun(0, 0, 0, {}, 0.0, 0, "none")
     write_estimator_description(store, estimator)
     prepare_arrays(store, plan)
-    _init_ray(options)
+    init_ray(options.address, options.object_store_mb)
     n_workers, device, request = _pool_size(options)
     n_workers = min(n_workers, len(jobs))
     threads = max(1, int(request.get("num_cpus", 1))) if device == "cpu" else 1
@@ -346,7 +353,7 @@ def map_jobs(
 
     if not jobs:
         return []
-    _init_ray(options)
+    init_ray(options.address, options.object_store_mb)
     n_workers, device, request = _pool_size(options)
     task = ray.remote(max_retries=3, **request)(_call_reporting_errors)
     results: list[dict | None] = [None] * len(jobs)

@@ -170,19 +170,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 ray.train.report(metrics)
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=len(os.sched_getaffinity(0)), logging_level=logging.WARNING, object_store_memory=2 * 2**30)
-
-
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or resume) and export; see the module docstring."""
     import ray.data
@@ -190,7 +177,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.distributed import window_dataset
+    from pipeline.distributed import init_ray, window_dataset
 
     out = pathlib.Path(config.out).resolve()
     store = Store(config.store)
@@ -217,7 +204,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(config.resumable_settings(), indent=2))
 
-    _init_ray(config.address)
+    init_ray(config.address, 2048, log_to_driver=True, dashboard=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
         "train": window_dataset(train_index, store.url, grid["size"], config.data_workers),
