@@ -9,6 +9,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 LEVIN = pathlib.Path(__file__).resolve().parent / "data" / "levin2009"
+LEVIN_SHARP = LEVIN / "sharp"
 
 
 def sharp(i: int) -> np.ndarray:

@@ -8,8 +8,6 @@ from click.testing import CliRunner, Result
 
 from pipeline.cli import main
 
-LEVIN = pathlib.Path(__file__).resolve().parent / "data" / "levin2009"
-
 #: small images so a test store takes a fraction of a second: 160 px, 96 px windows at stride 32
 SIZE, WINDOW, STRIDE, MARGIN = 160, 96, 32, 32
 SMALL = ["--size", SIZE, "--window", WINDOW, "--stride", STRIDE, "--kernel-sizes", "11:25"]

@@ -10,7 +10,6 @@ written (quoted in the comments) and well above chance.
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -21,8 +20,8 @@ import scipy.signal
 from kernels_gpu.backend import TOLERANCE
 from kernels_gpu.deconv import deconvolve, solve_w
 from kernels_gpu.metrics import aligned_ssd, error_ratio, psnr
+from tests.levin import LEVIN
 
-LEVIN = pathlib.Path(__file__).resolve().parent / "data" / "levin2009"
 NOISE = 0.01
 
 

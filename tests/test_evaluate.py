@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -18,13 +17,13 @@ from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
+from tests.levin import LEVIN_SHARP
 from tests.raytools import local_ray
 from training.data import build_index, split_by_source
 from training.evaluate import SELECTORS
 from training.hu_yang import fit_hu_yang
 from training.model import build_model
 
-LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
 WINDOW_SELECTORS = ("cnn", "fergus", "xu-jia", "hu-yang", "random")
 
 

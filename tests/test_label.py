@@ -16,9 +16,9 @@ from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
+from tests.levin import LEVIN_SHARP
 from tests.raytools import local_ray
 
-LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
 WINDOWS_PER_IMAGE = 4  # 160 px images, 96 px windows at stride 32: 2 x 2
 
 

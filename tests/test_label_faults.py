@@ -22,9 +22,9 @@ from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
+from tests.levin import LEVIN_SHARP
 from tests.raytools import ROOT
 
-LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
 WINDOWS_PER_IMAGE = 9  # 200 px images, 128 px windows at stride 24: 3 x 3
 
 

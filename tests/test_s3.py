@@ -24,9 +24,9 @@ from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
+from tests.levin import LEVIN_SHARP
 from tests.raytools import ROOT, local_ray
 
-LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
 CONFIG = SynthConfig(
     sharp=str(LEVIN_SHARP),
     num_kernels=3,

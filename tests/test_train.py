@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -20,12 +19,12 @@ from pipeline.files import InputError
 from pipeline.labels import plan_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
+from tests.levin import LEVIN_SHARP
 from tests.raytools import ROOT, local_ray
 from training.data import build_index, split_by_source
 from training.metrics import roc_auc, selection
 from training.model import TRAINABLE_WHEN_PRETRAINED, build_model, load_model
 
-LEVIN_SHARP = pathlib.Path(__file__).resolve().parent / "data" / "levin2009" / "sharp"
 THRESHOLD = 0.6
 
 
