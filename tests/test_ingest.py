@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.store import Store
 from pipeline.windows import window_count
-from tests.stores import LEVIN, SIZE, SMALL, STRIDE, WINDOW, chunk_files, cli, ok, one_line_error, snapshot
+from tests.levin import LEVIN
+from tests.stores import SIZE, SMALL, STRIDE, WINDOW, chunk_files, cli, ok, one_line_error, snapshot
 
 PHOTOS = {"im1_kernel6.png": (1, 6), "im2_kernel1.png": (2, 1), "im3_kernel8.png": (3, 8), "im4_kernel3.png": (4, 3)}
 GRID = ["--window", WINDOW, "--stride", STRIDE]

@@ -15,7 +15,8 @@ from pipeline import schema
 from pipeline.files import InputError
 from pipeline.store import Store
 from pipeline.windows import axis_starts, grid, window_count
-from tests.stores import LEVIN, MARGIN, SIZE, SMALL, STRIDE, WINDOW, WINDOWS_PER_SMALL_IMAGE, cli, ok, snapshot
+from tests.levin import LEVIN
+from tests.stores import MARGIN, SIZE, SMALL, STRIDE, WINDOW, WINDOWS_PER_SMALL_IMAGE, cli, ok, snapshot
 
 # ------------------------------------------------------------------ window rule
 

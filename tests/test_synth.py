@@ -19,8 +19,8 @@ from kernels_gpu.trajectory import camera_shake_kernels
 from pipeline.samples import SAMPLES
 from pipeline.store import Store
 from pipeline.windows import window_count
+from tests.levin import LEVIN
 from tests.stores import (
-    LEVIN,
     MARGIN,
     SIZE,
     SMALL,
