@@ -206,7 +206,7 @@ def run_ingest(
         return IngestResult(0, len(triples))
 
     manifest = store.create(window, stride)
-    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    kernel_rows = dict(stored_kernels)
     sharp_rows = dict(stored_sharps)  # a synthesised image's sharp row is a crop of its picture: not shared
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0

@@ -288,13 +288,14 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
     for i in sorted({i for i, _ in todo} | {i for i, (key, _) in enumerate(sharps) if key in stored_sharps}):
         key, loader = sharps[i]
         pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
-    _check_stored_sources(store, images, stored_sharps, sharps, kernels, pictures, config)
+    stored_kernels = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    _check_stored_sources(store, stored_kernels, stored_sharps, sharps, kernels, pictures, config)
     if not todo:
         return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
     manifest = store.create(config.window, config.stride)
 
     capacity = manifest["kernel_capacity"]
-    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    kernel_rows = dict(stored_kernels)
     sharp_rows = dict(stored_sharps)
     next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     used_kernels: dict[int, np.ndarray] = {}  # kernel row -> kernel, for every pair to make
@@ -369,7 +370,7 @@ def _source_path(folder: str, key: str) -> str:
 
 def _check_stored_sources(
     store: Store,
-    images: pa.Table,
+    stored_kernels: dict[str, int],
     stored_sharps: dict[str, tuple[str, int]],
     sharps: list[tuple[str, Callable[[], np.ndarray]]],
     kernels: list[tuple[str, np.ndarray]],
@@ -377,13 +378,13 @@ def _check_stored_sources(
     config: SynthConfig,
 ) -> None:
     """Every input whose key the store already holds must be the stored one (:meth:`Store.check_same`)."""
-    if not images.num_rows:
+    if not stored_kernels:
         return
     capacity = store.manifest()["kernel_capacity"]
-    kernel_rows = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
     for key, k in kernels:
-        if key in kernel_rows:
-            store.check_same("kernels", kernel_rows[key], fit_size(k, capacity), _source_path(config.kernels, key), key)
+        if key in stored_kernels:
+            path = _source_path(config.kernels, key)
+            store.check_same("kernels", stored_kernels[key], fit_size(k, capacity), path, key)
     m = config.margin
     for i, (key, _) in enumerate(sharps):
         if key in stored_sharps:
