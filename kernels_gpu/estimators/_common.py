@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from ..backend import get_array_module, irfft2, next_fast_len, prev_fast_len, rfft2
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "levin_downsample",
     "normalize_windows",
     "opt_fft_size",
+    "per_image",
     "valid_gradients",
     "wrap_boundary",
 ]
@@ -158,8 +161,6 @@ def wrap_boundary(image: Any, shape: tuple[int, int]) -> Any:
 
 def _levin_taps(ratio: float) -> Any:
     """Anti-alias taps of Levin's ``downSmpImC``: Gaussian ``exp(-2 ratio^2 x^2)``, 5 % tails cut."""
-    import numpy as np
-
     x = np.arange(-50, 51, dtype=np.float64)
     taps = np.exp(-0.5 * (2 * np.pi * x) ** 2 * (ratio / np.pi) ** 2)
     taps /= taps.sum()
@@ -180,8 +181,6 @@ def _valid_filter_1d(x: Any, taps: Any, axis: int) -> Any:
 
 def _linear_sample(x: Any, step: float, axis: int) -> Any:
     """Linear interpolation of ``x`` at ``0, step, 2 step, ...`` (<= last index) along ``axis``."""
-    import numpy as np
-
     xp = get_array_module(x)
     n = x.shape[axis]
     count = int(np.floor((n - 1) / step + 1e-9)) + 1
@@ -209,6 +208,11 @@ def levin_downsample(image: Any, ratio: float) -> Any:
     return _linear_sample(_linear_sample(smooth, 1 / ratio, -2), 1 / ratio, -1).astype(image.dtype, copy=False)
 
 
+def per_image(xp: Any, values: Any, dtype: Any) -> Any:
+    """Host per-image scalars ``(B,)`` as a ``(B, 1, 1)`` array of ``xp`` that broadcasts over windows."""
+    return xp.asarray(np.asarray(values, dtype=np.float64).reshape(-1, 1, 1), dtype=dtype)
+
+
 def opt_fft_size(n: int) -> int:
     """The padded grid of Pan's code (Cho's ``opt_fft_size``): the smallest ``m >= n`` of the form
     ``2^a 3^b 5^c 7^d``, or such a number times 11 or 13 (FFTW's fast sizes; pocketfft's and
@@ -226,8 +230,6 @@ def opt_fft_size(n: int) -> int:
 
 def _cubic(x: Any) -> Any:
     """Keys' cubic convolution kernel with ``a = -0.5`` (MATLAB's ``imresize`` 'bicubic')."""
-    import numpy as np
-
     ax = np.abs(x)
     near = (1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
     far = (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
@@ -241,8 +243,6 @@ def _cubic_weights(n: int, scale: float) -> Any:
     with the 4-tap cubic, weights renormalised to sum 1, and indices beyond the edges
     mirrored (MATLAB's symmetric extension).  No antialiasing filter: it is an upscale.
     """
-    import numpy as np
-
     m = math.ceil(n * scale - 1e-9)
     u = np.arange(1, m + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
     left = np.floor(u - 2)

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module, ndimage, to_numpy
+from ._common import per_image
 from .pan_l0 import PanParams, blind_deconv
 
 __all__ = [
@@ -227,7 +228,7 @@ class DarkChannelTerm:
     def __call__(self, latent: Any, lam: np.ndarray, beta: np.ndarray) -> Any:
         xp = get_array_module(latent)
         dark, index = dark_channel(latent, self.size)
-        threshold = xp.asarray((np.asarray(lam, dtype=np.float64) / beta).reshape(-1, 1, 1), dtype=latent.dtype)
+        threshold = per_image(xp, np.asarray(lam, dtype=np.float64) / beta, latent.dtype)
         apply = write_back_sequential if self.sequential else write_back
         return apply(latent, dark, index, threshold, self.size)
 

@@ -89,6 +89,7 @@ from ._common import (
     levin_downsample,
     normalize_windows,
     opt_fft_size,
+    per_image,
     valid_gradients,
     wrap_boundary,
 )
@@ -195,11 +196,6 @@ class PanL0Params(PanParams):
 PixelTerm = Any
 
 
-def _column(xp: Any, values: np.ndarray, dtype: Any) -> Any:
-    """Host per-image scalars ``(B,)`` as a device ``(B, 1, 1)`` array."""
-    return xp.asarray(np.asarray(values, dtype=np.float64).reshape(-1, 1, 1), dtype=dtype)
-
-
 class IntensityTerm:
     """The L0 intensity term of Pan et al. 2014: ``u = S`` with ``S^2 < lam / beta_p`` set to 0."""
 
@@ -208,7 +204,7 @@ class IntensityTerm:
 
     def __call__(self, latent: Any, lam: np.ndarray, beta: np.ndarray) -> Any:
         xp = get_array_module(latent)
-        small = latent * latent < _column(xp, lam / beta, latent.dtype)
+        small = latent * latent < per_image(xp, lam / beta, latent.dtype)
         return xp.where(small, 0, latent).astype(latent.dtype, copy=False)
 
 
@@ -276,7 +272,7 @@ def l0_deblur(
             return latent
         bp_host = np.where(outer, beta_pixel, 1.0)
         u = term(latent, lam_pixel, bp_host)
-        bp = _column(xp, np.where(outer, beta_pixel, 0.0), dtype)
+        bp = per_image(xp, np.where(outer, beta_pixel, 0.0), dtype)
         fixed = rfft2(u)
         fixed *= bp
         fixed += data
@@ -286,7 +282,7 @@ def l0_deblur(
             inner = outer & (beta < params.beta_max)
             if not inner.any():
                 break
-            b = _column(xp, beta, dtype)
+            b = per_image(xp, beta, dtype)
             if gx is None:  # work arrays, reused: fresh large arrays cost page faults on every step
                 gx, gy, adj, sq = (xp.empty_like(latent) for _ in range(4))
                 keep = xp.empty(latent.shape, dtype=bool)
@@ -294,7 +290,7 @@ def l0_deblur(
             _circular_gradients_into(latent, gx, gy)
             xp.multiply(gx, gx, out=adj)
             adj += xp.multiply(gy, gy, out=sq)
-            xp.greater_equal(adj, _column(xp, lam_grad / beta, dtype), out=keep)
+            xp.greater_equal(adj, per_image(xp, lam_grad / beta, dtype), out=keep)
             gx *= keep
             gy *= keep
             fs = rfft2(_circular_adjoint_into(gx, gy, adj))
@@ -304,7 +300,7 @@ def l0_deblur(
             den += den_fixed
             fs /= den
             new = irfft2(fs, s=(H, W), overwrite=True)
-            latent = new if inner.all() else xp.where(_column(xp, inner, bool), new, latent)
+            latent = new if inner.all() else xp.where(per_image(xp, inner, bool), new, latent)
             beta = beta * params.kappa
         beta_pixel = beta_pixel * params.kappa
 
@@ -394,7 +390,7 @@ def salient_gradients(latent: Any, threshold: np.ndarray, params: PanParams) -> 
             continue
         while peak[b] < used[b]:
             used[b] *= params.threshold_retry
-    keep = magnitude >= _column(xp, used, magnitude.dtype)
+    keep = magnitude >= per_image(xp, used, magnitude.dtype)
     return gx * keep, gy * keep, used / params.threshold_decay
 
 
