@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/estimate.py                       # CPU, kernel sizes 27 and 55
     python benchmarks/estimate.py --device gpu          # CuPy on the current GPU
+    python benchmarks/estimate.py --estimator pan-l0 --kernel-sizes 27 --profile 8   # where the time goes
 """
 
 from __future__ import annotations
@@ -95,6 +96,30 @@ def bench(kernel_size: int, device: str, single: int, estimator_name: str, image
     }
 
 
+def profile(kernel_size: int, estimator_name: str, image_size: int, count: int) -> None:
+    """cProfile of one CPU batch of ``count`` windows: where the time goes (FFTs vs the rest)."""
+    import cProfile
+    import pstats
+
+    sample = load_builtin("builtin:camera", size=image_size, kernel_size=kernel_size, seed=kernel_size)
+    windows = windows_of(sample.blurred, 228, 20)[:count]
+    est = estimators.get(estimator_name)
+    est(windows[:1], kernel_size)  # warm-up
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(est, windows, kernel_size)
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
+    fft_calls = sum(v[1] for k, v in stats.items() if "pocketfft" in k[2])
+    fft = sum(v[2] for k, v in stats.items() if "pocketfft" in k[2])
+    print(f"profile of {count} windows, kernel size {kernel_size}: {total:.1f} s in all, {total / count:.2f} s/window")
+    print(f"  FFTs (pocketfft, {fft_calls} calls): {fft:.1f} s = {100 * fft / total:.0f} %")
+    print("  largest own times:")
+    top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:6]
+    for (file, line, name), v in top:
+        print(f"    {v[2]:6.1f} s  {v[1]:6d} calls  {os.path.basename(file)}:{line}({name})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -102,7 +127,12 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=6, help="windows timed one at a time")
     ap.add_argument("--estimator", default="l0grad")
     ap.add_argument("--image-size", type=int, default=450)
+    ap.add_argument("--profile", type=int, metavar="N", help="instead: cProfile one CPU batch of N windows")
     args = ap.parse_args()
+    if args.profile:
+        for ks in args.kernel_sizes:
+            profile(ks, args.estimator, args.image_size, args.profile)
+        return
     if args.device == "gpu" and not gpu_available():
         raise SystemExit("--device gpu: CuPy or a CUDA device is not available")
     where = platform.processor() or platform.machine()
