@@ -14,6 +14,14 @@ estimation at all) scores on the same pairs.  ``--check-similarity FILE`` also
 scores every estimate with an independent similarity implementation (a Python
 file defining ``similarity(a, b)``) and reports the largest disagreement.
 
+``--dither SEED [SEED ...]`` runs each set once more per seed on re-drawn copies
+of the blurred inputs: uniform noise of less than half a quantisation step of the
+PNG (1/65535 for the 16-bit synthetic pairs, 1/255 for the 8-bit photographs) is
+added, so every copy still rounds to the same file, and a summary of the medians
+over the seeds is printed.  Estimators with hard thresholds (``pan-l0``,
+``dark-channel``) turn such differences into different kernels; the spread of the
+medians says how far one run's median can be trusted.
+
 Usage::
 
     python ../shared/tools/levin_synth.py ../shared/data/levin2009 /tmp/levin_s01 --sigma 0.01
@@ -40,35 +48,39 @@ from kernels_gpu.metrics import error_ratio
 from kernels_gpu.similarity import similarity
 
 
-def _unit(path: pathlib.Path) -> np.ndarray:
+def _unit(path: pathlib.Path, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Grey levels in [0, 1]; with ``rng``, plus a dither that still rounds to the same file."""
     pixels = iio.imread(path)
     scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
-    return pixels.astype(np.float32) / scale
+    values = pixels.astype(np.float64)
+    if rng is not None:
+        values = np.clip(values + rng.uniform(-0.49, 0.49, values.shape), 0, scale)
+    return (values / scale).astype(np.float32)
 
 
-def synthetic_pairs(pairs: pathlib.Path, levin: pathlib.Path):
+def synthetic_pairs(pairs: pathlib.Path, levin: pathlib.Path, rng: np.random.Generator | None = None):
     for truth_path in sorted(pairs.glob("im*_k*_true.npy")):
         i, j = map(int, re.match(r"im(\d+)_k(\d+)_true", truth_path.stem).groups())
         yield (
             f"im{i}_k{j}",
-            _unit(truth_path.with_name(f"im{i}_k{j}.png")),
+            _unit(truth_path.with_name(f"im{i}_k{j}.png"), rng),
             _unit(levin / "sharp" / f"im{i}.png"),
             np.load(truth_path),
         )
 
 
-def real_pairs(levin: pathlib.Path):
+def real_pairs(levin: pathlib.Path, rng: np.random.Generator | None = None):
     for path in sorted((levin / "blurred").glob("im*_kernel*.png")):
         i, j = map(int, re.match(r"im(\d+)_kernel(\d+)", path.stem).groups())
         yield (
             f"im{i}_k{j}",
-            _unit(path),
+            _unit(path, rng),
             _unit(levin / "sharp" / f"im{i}.png"),
             np.load(levin / "kernels" / f"kernel{j}.npy"),
         )
 
 
-def run_set(title, pairs, estimator, reference_similarity):
+def run_set(title, pairs, estimator, reference_similarity, table=True):
     rows = []
     for name, blurred, sharp, truth in pairs:
         size = truth.shape[0] + 4
@@ -81,10 +93,11 @@ def run_set(title, pairs, estimator, reference_similarity):
         check = abs(reference_similarity(kernel, truth) - sim) if reference_similarity else None
         rows.append((name, sim, er, seconds, floor, check))
     print(f"\n### {title}: {estimator.id}\n")
-    print("| pair | similarity | error ratio | seconds |")
-    print("|---|---|---|---|")
-    for name, sim, er, sec, _, _ in rows:
-        print(f"| {name} | {sim:.3f} | {er:.2f} | {sec:.2f} |")
+    if table:
+        print("| pair | similarity | error ratio | seconds |")
+        print("|---|---|---|---|")
+        for name, sim, er, sec, _, _ in rows:
+            print(f"| {name} | {sim:.3f} | {er:.2f} | {sec:.2f} |")
     sims = [r[1] for r in rows]
     ers = [r[2] for r in rows]
     print(
@@ -106,6 +119,9 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="also run the 32 real photographs")
     ap.add_argument("--estimator", default="l0grad")
     ap.add_argument("--check-similarity", type=pathlib.Path, default=None)
+    ap.add_argument(
+        "--dither", type=int, nargs="+", default=[], metavar="SEED", help="also run on dithered copies, one per seed"
+    )
     args = ap.parse_args()
 
     reference = None
@@ -119,10 +135,38 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
         f"numpy {np.__version__}; estimator {estimator.id}"
     )
-    for folder in args.pairs:
-        run_set(f"synthetic {folder.name}", synthetic_pairs(folder, args.levin), estimator, reference)
+    sets = [
+        (f"synthetic {folder.name}", lambda rng, f=folder: synthetic_pairs(f, args.levin, rng)) for folder in args.pairs
+    ]
     if args.real:
-        run_set("real photographs", real_pairs(args.levin), estimator, reference)
+        sets.append(("real photographs", lambda rng: real_pairs(args.levin, rng)))
+    for title, pairs in sets:
+        runs = [("as stored", run_set(title, pairs(None), estimator, reference))]
+        for seed in args.dither:
+            rng = np.random.default_rng(seed)
+            runs.append((f"dither {seed}", run_set(f"{title}, dither {seed}", pairs(rng), estimator, reference, False)))
+        if args.dither:
+            dither_spread(title, runs)
+
+
+def dither_spread(title, runs) -> None:
+    """Per run: median and mean similarity, median error ratio; then the spread of the medians."""
+    print(f"\n### {title}: the same inputs, re-drawn below half a quantisation step\n")
+    print("| run | median similarity | mean | > 0.75 | median ER | ER <= 3 |")
+    print("|---|---|---|---|---|---|")
+    medians = []
+    for label, rows in runs:
+        sims = [r[1] for r in rows]
+        ers = [r[2] for r in rows]
+        medians.append(statistics.median(sims))
+        print(
+            f"| {label} | {medians[-1]:.3f} | {statistics.fmean(sims):.3f} | {sum(v > 0.75 for v in sims)}/{len(sims)} "
+            f"| {statistics.median(ers):.2f} | {sum(e <= 3 for e in ers)}/{len(ers)} |"
+        )
+    print(
+        f"\nMedian similarity over {len(runs)} runs: mean {statistics.fmean(medians):.3f}, "
+        f"standard deviation {statistics.stdev(medians):.3f}, range {min(medians):.3f}-{max(medians):.3f}."
+    )
 
 
 if __name__ == "__main__":
