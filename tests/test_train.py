@@ -101,6 +101,23 @@ def test_train_exports_model_metrics_and_split_by_image(labelled, tmp_path):
     assert split["train_images"] + split["val_images"] == 12 and split["val_images"] == 3  # 1 of 4 sources x 3
 
 
+def test_the_same_seed_trains_the_same_model(labelled, tmp_path):
+    """Two runs with the same settings give bit-identical weights and metrics, epoch after epoch."""
+    store, estimator_id = labelled
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        run = subprocess.run(
+            _train_cmd(store, estimator_id, out, 3), env=_env(), capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        runs.append((torch.load(out / "model.pt", weights_only=True), (out / "metrics.csv").read_text()))
+    (first, first_metrics), (second, second_metrics) = runs
+    assert first_metrics == second_metrics
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_interrupted_training_resumes_from_its_checkpoint(labelled, tmp_path):
     store, estimator_id = labelled
     out = tmp_path / "model"

@@ -205,7 +205,9 @@ def run_training(config: TrainConfig) -> TrainResult:
         tmp.write_text(json.dumps(config.resumable_settings(), indent=2))
 
     init_ray(config.address, 2048, log_to_driver=True, dashboard=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False
+    data_context.execution_options.preserve_order = True  # the same seed sees the same batches: reproducible runs
     datasets = {
         "train": window_dataset(train_index, store.url, grid["size"], config.data_workers),
         "val": window_dataset(val_index, store.url, grid["size"], config.data_workers),
