@@ -5,7 +5,8 @@ the paper's windows (228 px, stride 20: 121 per image), gives every window a
 label (the labels' values do not matter for input speed, so they are written
 directly rather than estimated), and times ``iter_torch_batches`` over the same
 Ray Dataset the trainer uses (Zarr chunk decode, crop, standardise, batch of 32,
-local shuffle), with 1 and 2 cropping actors.  The steady rate is measured
+local shuffle), with 1 and 2 cropping actors, with the blocks in order (as
+``train`` runs, for reproducible runs) and without.  The steady rate is measured
 from the first batch on (actor start-up and the shuffle buffer's first fill are
 reported separately: they are paid once per epoch).
 
@@ -58,7 +59,7 @@ def main() -> None:
     import ray
     import torch
 
-    from pipeline.distributed import init_ray, window_dataset
+    from pipeline.distributed import configure_window_input, init_ray, window_dataset
     from training.data import build_index
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,17 +67,17 @@ def main() -> None:
         index = build_index(store, estimator_id, 0.5)
         windows = sum(len(w) for w in index["window_id"].to_pylist())
         init_ray(object_store_mb=2048)
-        ray.data.DataContext.get_current().enable_progress_bars = False
         print(
             f"{index.num_rows} images of 450x450, {windows} windows of 228x228, batches of 32, "
             f"{len(os.sched_getaffinity(0))} CPU cores"
         )
         print(
-            "| cropping actors | first batch after (s) | steady windows/s | steady windows/s per actor | "
-            "windows/s including start-up |"
+            "| block order | cropping actors | first batch after (s) | steady windows/s | "
+            "steady windows/s per actor | windows/s including start-up |"
         )
-        print("|---|---|---|---|---|")
-        for workers in (1, 2):
+        print("|---|---|---|---|---|---|")
+        for ordered, workers in ((True, 1), (False, 1), (True, 2), (False, 2)):
+            configure_window_input(preserve_order=ordered)
             dataset = window_dataset(index, store.url, 228, workers)
             start = time.perf_counter()
             first = None
@@ -90,7 +91,8 @@ def main() -> None:
             assert seen == windows
             steady = (seen - after_first) / (end - first)
             print(
-                f"| {workers} | {first - start:.1f} | {steady:.0f} | {steady / workers:.0f} | "
+                f"| {'kept' if ordered else 'any'} | {workers} | {first - start:.1f} | {steady:.0f} | "
+                f"{steady / workers:.0f} | "
                 f"{windows / (end - start):.0f} |"
             )
         ray.shutdown()

@@ -172,12 +172,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or resume) and export; see the module docstring."""
-    import ray.data
     import torch
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.distributed import init_ray, window_dataset
+    from pipeline.distributed import configure_window_input, init_ray, window_dataset
 
     out = pathlib.Path(config.out).resolve()
     store = Store(config.store)
@@ -205,9 +204,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         tmp.write_text(json.dumps(config.resumable_settings(), indent=2))
 
     init_ray(config.address, 2048, log_to_driver=True, dashboard=True)
-    data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False
-    data_context.execution_options.preserve_order = True  # the same seed sees the same batches: reproducible runs
+    configure_window_input()
     datasets = {
         "train": window_dataset(train_index, store.url, grid["size"], config.data_workers),
         "val": window_dataset(val_index, store.url, grid["size"], config.data_workers),
