@@ -80,6 +80,21 @@ def real_pairs(levin: pathlib.Path, rng: np.random.Generator | None = None):
         )
 
 
+def summary(rows) -> dict:
+    """Of ``run_set``'s rows: median, mean and worst similarity, pairs above 0.75, median ER, pairs at ER <= 3."""
+    sims = [r[1] for r in rows]
+    ers = [r[2] for r in rows]
+    return {
+        "n": len(rows),
+        "median": statistics.median(sims),
+        "mean": statistics.fmean(sims),
+        "worst": min(sims),
+        "above": sum(v > 0.75 for v in sims),
+        "median_er": statistics.median(ers),
+        "er3": sum(e <= 3 for e in ers),
+    }
+
+
 def run_set(title, pairs, estimator, reference_similarity, table=True):
     rows = []
     for name, blurred, sharp, truth in pairs:
@@ -98,12 +113,11 @@ def run_set(title, pairs, estimator, reference_similarity, table=True):
         print("|---|---|---|---|")
         for name, sim, er, sec, _, _ in rows:
             print(f"| {name} | {sim:.3f} | {er:.2f} | {sec:.2f} |")
-    sims = [r[1] for r in rows]
-    ers = [r[2] for r in rows]
+    m = summary(rows)
     print(
-        f"\n**{title}** ({len(rows)} pairs): median similarity **{statistics.median(sims):.3f}** "
-        f"(worst {min(sims):.3f}, {sum(s > 0.75 for s in sims)}/{len(sims)} above 0.75); "
-        f"median error ratio {statistics.median(ers):.2f} ({sum(e <= 3 for e in ers)}/{len(ers)} at ER <= 3); "
+        f"\n**{title}** ({m['n']} pairs): median similarity **{m['median']:.3f}** "
+        f"(worst {m['worst']:.3f}, {m['above']}/{m['n']} above 0.75); "
+        f"median error ratio {m['median_er']:.2f} ({m['er3']}/{m['n']} at ER <= 3); "
         f"median {statistics.median([r[3] for r in rows]):.2f} s per image; "
         f"a delta kernel scores median {statistics.median([r[4] for r in rows]):.3f}."
     )
@@ -156,12 +170,11 @@ def dither_spread(title, runs) -> None:
     print("|---|---|---|---|---|---|")
     medians = []
     for label, rows in runs:
-        sims = [r[1] for r in rows]
-        ers = [r[2] for r in rows]
-        medians.append(statistics.median(sims))
+        m = summary(rows)
+        medians.append(m["median"])
         print(
-            f"| {label} | {medians[-1]:.3f} | {statistics.fmean(sims):.3f} | {sum(v > 0.75 for v in sims)}/{len(sims)} "
-            f"| {statistics.median(ers):.2f} | {sum(e <= 3 for e in ers)}/{len(ers)} |"
+            f"| {label} | {m['median']:.3f} | {m['mean']:.3f} | {m['above']}/{m['n']} "
+            f"| {m['median_er']:.2f} | {m['er3']}/{m['n']} |"
         )
     print(
         f"\nMedian similarity over {len(runs)} runs: mean {statistics.fmean(medians):.3f}, "
