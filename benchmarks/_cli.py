@@ -8,7 +8,7 @@ import sys
 
 def goodregions(*args: str) -> str:
     """Its stdout; the script stops with the command's output if it fails."""
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from goodregions.cli import main; main()", *args]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(run.stdout + run.stderr)

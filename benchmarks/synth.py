@@ -42,7 +42,7 @@ EXTRA_PICTURE = ROOT / "tests" / "data" / "levin2009" / "sharp" / "im1.png"
 
 def synth(store: pathlib.Path, *args: str) -> tuple[float, str]:
     """Run ``goodregions synth STORE ARGS -q`` in a fresh process; (wall seconds, its output line)."""
-    command = [sys.executable, "-m", "pipeline.cli", "synth", str(store), *args, "-q"]
+    command = [sys.executable, "-m", "goodregions.cli", "synth", str(store), *args, "-q"]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start

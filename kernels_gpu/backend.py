@@ -31,7 +31,6 @@ import numpy as np
 import scipy.fft
 
 __all__ = [
-    "TOLERANCE",
     "fft_workers",
     "fftn",
     "get_array_module",
@@ -45,12 +44,6 @@ __all__ = [
     "to_device",
     "to_numpy",
 ]
-
-#: Relative/absolute tolerances per dtype used by parity and property tests.
-TOLERANCE: dict[str, dict[str, float]] = {
-    "float32": {"rtol": 1e-4, "atol": 1e-5},
-    "float64": {"rtol": 1e-10, "atol": 1e-12},
-}
 
 
 def _force_cpu() -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .files import InputError
 from .labels import ImageJob, LabelPlan, prepare_arrays, write_estimator_description, write_shard
 from .store import Store
 
@@ -153,7 +154,7 @@ def _pool_size(options: RayOptions) -> tuple[int, str, dict]:
         device = "gpu" if gpus >= options.gpus_per_worker > 0 else "cpu"
     if device == "gpu":
         if gpus < options.gpus_per_worker:
-            raise RuntimeError(f"--device gpu: the cluster has {gpus:g} GPUs")
+            raise InputError(f"device: gpu requested, but the cluster has {gpus:g} GPUs")
         request = {"num_gpus": options.gpus_per_worker, "num_cpus": min(options.cpus_per_worker, 1.0)}
         fit = int(gpus // options.gpus_per_worker)
     else:

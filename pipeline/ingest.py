@@ -81,25 +81,25 @@ def plan_pairs(
     blurred_dir: pathlib.Path, kernel_dir: pathlib.Path, sharp_dir: pathlib.Path | None, pairs_csv: pathlib.Path | None
 ) -> list[tuple[pathlib.Path, pathlib.Path, pathlib.Path | None]]:
     """``(blurred, kernel, sharp or None)`` file triples."""
-    kernels = _listing(kernel_dir, KERNEL_SUFFIXES, "--kernels")
-    sharps = _listing(sharp_dir, IMAGE_SUFFIXES, "--sharp") if sharp_dir is not None else None
+    kernels = _listing(kernel_dir, KERNEL_SUFFIXES, "kernels")
+    sharps = _listing(sharp_dir, IMAGE_SUFFIXES, "sharp") if sharp_dir is not None else None
     if pairs_csv is None:
-        blurred = _listing(blurred_dir, IMAGE_SUFFIXES, "--blurred")
+        blurred = _listing(blurred_dir, IMAGE_SUFFIXES, "blurred")
         return [
             (b, _match(b, kernels, "kernel"), _match(b, sharps, "sharp image") if sharps else None) for b in blurred
         ]
     if not pairs_csv.is_file():
-        raise InputError(f"--pairs: {pairs_csv} does not exist")
+        raise InputError(f"pairs: {pairs_csv} does not exist")
     out = []
     with open(pairs_csv, newline="") as fh:
         reader = csv.DictReader(fh)
         needed = {"blurred", "kernel"} | ({"sharp"} if sharp_dir is not None else set())
         if not needed <= set(reader.fieldnames or []):
-            raise InputError(f"--pairs: {pairs_csv} needs the columns {', '.join(sorted(needed))}")
+            raise InputError(f"pairs: {pairs_csv} needs the columns {', '.join(sorted(needed))}")
         for line, row in enumerate(reader, start=2):
             missing = [c for c in ("blurred", "kernel") if not (row.get(c) or "").strip()]  # sharp may be empty
             if missing:
-                raise InputError(f"--pairs: {pairs_csv} line {line}: no {', '.join(missing)}")
+                raise InputError(f"pairs: {pairs_csv} line {line}: no {', '.join(missing)}")
             triple = (
                 blurred_dir / row["blurred"],
                 kernel_dir / row["kernel"],
@@ -107,10 +107,10 @@ def plan_pairs(
             )
             for path in triple:
                 if path is not None and not path.is_file():
-                    raise InputError(f"--pairs: {pairs_csv} line {line}: {path} does not exist")
+                    raise InputError(f"pairs: {pairs_csv} line {line}: {path} does not exist")
             out.append(triple)
     if not out:
-        raise InputError(f"--pairs: {pairs_csv} lists no pairs")
+        raise InputError(f"pairs: {pairs_csv} lists no pairs")
     return out
 
 

@@ -147,7 +147,7 @@ class Store:
         if self.fs.exists(self.root) and self.fs.ls(self.root, detail=False):
             raise InputError(f"{self.url}: exists and is not a goodregions store (no {MANIFEST}); refusing to write")
         if window < 3 or stride < 1:
-            raise InputError(f"--window/--stride: need a window >= 3 and a stride >= 1, got {window} and {stride}")
+            raise InputError(f"window/stride: need a window >= 3 and a stride >= 1, got {window} and {stride}")
         manifest = {
             "window": {"size": window, "stride": stride},
             "kernel_capacity": window - 1 + window % 2,
@@ -162,7 +162,7 @@ class Store:
         grid = manifest["window"]
         if (grid["size"], grid["stride"]) != (window, stride):
             raise InputError(
-                f"--window/--stride: store {self.url} uses windows of {grid['size']} px at stride "
+                f"window/stride: store {self.url} uses windows of {grid['size']} px at stride "
                 f"{grid['stride']}, not {window} at {stride}"
             )
 

@@ -61,24 +61,24 @@ class SynthConfig:
     def __post_init__(self) -> None:
         lo, hi = self.kernel_sizes
         if lo < 3 or lo % 2 == 0 or hi % 2 == 0 or hi < lo:
-            raise InputError(f"--kernel-sizes: need odd sizes 3 <= MIN <= MAX, got {lo}:{hi}")
+            raise InputError(f"kernel_sizes: need odd sizes 3 <= MIN <= MAX, got {lo}:{hi}")
         if self.size < 3:
-            raise InputError(f"--size: must be >= 3, got {self.size}")
+            raise InputError(f"size: must be >= 3, got {self.size}")
         if self.window > self.size:
-            raise InputError(f"--window: {self.window} px is larger than the images (--size {self.size})")
+            raise InputError(f"window/size: windows of {self.window} px are larger than the images ({self.size} px)")
         # folder kernels are checked one by one when they are read
         if self.kernels == "trajectory" and hi > self.window:
-            raise InputError(f"--kernel-sizes: kernels of {hi} px are larger than the window ({self.window} px)")
+            raise InputError(f"kernel_sizes: kernels of {hi} px are larger than the window ({self.window} px)")
         if self.kernels == "trajectory" and hi // 2 > self.margin:
-            raise InputError(f"--margin: {self.margin} px is too small for {hi} px kernels (need >= {hi // 2})")
+            raise InputError(f"margin: {self.margin} px is too small for {hi} px kernels (need >= {hi // 2})")
         if not (self.noise_sigma >= 0 and np.isfinite(self.noise_sigma)):
-            raise InputError(f"--noise-sigma: must be a finite number >= 0, got {self.noise_sigma}")
+            raise InputError(f"noise_sigma: must be a finite number >= 0, got {self.noise_sigma}")
         if self.num_kernels < 1:
-            raise InputError(f"--num-kernels: must be >= 1, got {self.num_kernels}")
+            raise InputError(f"num_kernels: must be >= 1, got {self.num_kernels}")
         if self.fit not in ("crop", "resize"):
-            raise InputError(f"--fit: must be 'crop' or 'resize', got {self.fit!r}")
+            raise InputError(f"fit: must be 'crop' or 'resize', got {self.fit!r}")
         if self.pairs is not None and self.pairs < 1:
-            raise InputError(f"--pairs: must be 'all' or a number >= 1, got {self.pairs}")
+            raise InputError(f"pairs: must be 'all' or a number >= 1, got {self.pairs}")
 
     @property
     def region(self) -> int:
@@ -119,10 +119,10 @@ def sharp_sources(config: SynthConfig) -> list[tuple[str, Callable[[], np.ndarra
         return [(f"builtin:{name}", lambda name=name: sharp_sample(name)) for name in SAMPLES]
     folder = pathlib.Path(config.sharp)
     if not folder.is_dir():
-        raise InputError(f"--sharp: {folder} is not a folder (or 'builtin')")
+        raise InputError(f"sharp: {folder} is not a folder (or 'builtin')")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(f"--sharp: {folder} holds no PNG, JPEG or TIFF images")
+        raise InputError(f"sharp: {folder} holds no PNG, JPEG or TIFF images")
     return [(f"file:{folder.name}/{p.name}", lambda p=p: read_image(p)) for p in files]
 
 
@@ -138,10 +138,10 @@ def kernel_sources(config: SynthConfig) -> list[tuple[str, np.ndarray]]:
         return [(f"trajectory:seed={config.seed},sizes={lo}:{hi}#{i}", k) for i, k in enumerate(kernels)]
     folder = pathlib.Path(config.kernels)
     if not folder.is_dir():
-        raise InputError(f"--kernels: {folder} is not a folder (or 'trajectory')")
+        raise InputError(f"kernels: {folder} is not a folder (or 'trajectory')")
     files = one_format_per_name([p for p in folder.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES])
     if not files:
-        raise InputError(f"--kernels: {folder} holds no .npy, .png or .mat kernels")
+        raise InputError(f"kernels: {folder} holds no .npy, .png or .mat kernels")
     out = []
     for p in files:
         raw = read_kernel_raw(p)
@@ -240,7 +240,7 @@ def _select_pairs(n_sharp: int, n_kernels: int, pairs: int | None, seed: int) ->
     if pairs is None:
         return everything
     if pairs > len(everything):
-        raise InputError(f"--pairs: {pairs} is more than the {len(everything)} sharp x kernel pairs")
+        raise InputError(f"pairs: {pairs} is more than the {len(everything)} sharp x kernel pairs")
     chosen = np.random.default_rng(seed).choice(len(everything), size=pairs, replace=False)
     return [everything[c] for c in sorted(chosen)]
 

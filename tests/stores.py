@@ -6,7 +6,7 @@ import pathlib
 
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main
+from goodregions.cli import main
 
 #: small images so a test store takes a fraction of a second: 160 px, 96 px windows at stride 32
 SIZE, WINDOW, STRIDE, MARGIN = 160, 96, 32, 32

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from goodregions.cli import main
 from kernels_gpu.similarity import similarity
-from pipeline.cli import main
 from tests import levin
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from kernels_gpu.backend import TOLERANCE, irfft2, next_fast_len, prev_fast_len, rfft2
+from kernels_gpu.backend import irfft2, next_fast_len, prev_fast_len, rfft2
 from kernels_gpu.conv import convolve, convolve_adjoint, correlate, kernel_otf, output_shape
+from tests.tolerance import TOLERANCE
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])

@@ -17,10 +17,10 @@ import pytest
 import scipy.ndimage
 import scipy.signal
 
-from kernels_gpu.backend import TOLERANCE
 from kernels_gpu.deconv import deconvolve, solve_w
 from kernels_gpu.metrics import aligned_ssd, error_ratio, psnr
 from tests.levin import LEVIN
+from tests.tolerance import TOLERANCE
 
 NOISE = 0.01
 
@@ -289,7 +289,10 @@ def test_error_ratio_of_wrong_kernels():
     er = error_ratio(batch, sharp, wrong, kernel)
     assert er.shape == (4,)
     assert np.all(er[:3] > 1.5), er
-    assert er[3] == pytest.approx(1.0, abs=1e-6)
+    # the true kernel's deconvolution inside a batch of 4 against the reference's alone: two
+    # float32 runs that agree to float32's iterative tolerance, not bit for bit (measured
+    # 1.0000085 on another CPU of the same kind)
+    assert er[3] == pytest.approx(1.0, rel=TOLERANCE["float32"]["rtol"])
 
 
 def test_error_ratio_accepts_another_deconvolver():

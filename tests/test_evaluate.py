@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from goodregions.cli import main
 from kernels_gpu import estimators
-from pipeline.cli import main
 from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels
 from pipeline.store import Store

@@ -10,8 +10,8 @@ import pyarrow.dataset as ds
 import pytest
 from click.testing import CliRunner
 
+from goodregions.cli import main
 from kernels_gpu import estimators
-from pipeline.cli import main
 from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
 from pipeline.store import Store

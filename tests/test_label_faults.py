@@ -132,7 +132,7 @@ def test_driver_killed_mid_run_then_rerun(tmp_path):
     cmd = [
         sys.executable,
         "-c",
-        "from pipeline.cli import main; main()",
+        "from goodregions.cli import main; main()",
         "label",
         store.url,
         "-q",

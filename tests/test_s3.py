@@ -127,7 +127,7 @@ def test_train_streams_from_s3(s3_store, tmp_path):
     cmd = [
         sys.executable,
         "-c",
-        "from pipeline.cli import main; main()",
+        "from goodregions.cli import main; main()",
         "train",
         s3_store.url,
         "-e",

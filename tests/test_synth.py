@@ -384,7 +384,7 @@ SYNTH_CASES = {
         lambda t: ["--sharp", _folder(t, "pictures", {"tiny.png": GOOD_PICTURE[:100]}), *K1],
         ("tiny.png", "224"),
     ),
-    "size smaller than a window": (lambda t: [*K1, "--size", 64], ("--window", "--size 64")),
+    "size smaller than a window": (lambda t: [*K1, "--size", 64], ("--window/--size", "64 px")),
     "kernel larger than a window": (  # ones(97, 97) also sums to 9409: the error must come alone, no warning
         lambda t: ["--kernels", _folder(t, "kernels", {"big.npy": np.ones((97, 97))})],
         ("big.npy", "larger than the window"),

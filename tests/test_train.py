@@ -57,7 +57,7 @@ def _train_cmd(store, estimator_id, out, epochs):
     return [
         sys.executable,
         "-c",
-        "from pipeline.cli import main; main()",
+        "from goodregions.cli import main; main()",
         "train",
         store.url,
         "-e",
@@ -167,7 +167,7 @@ def test_split_by_source_keeps_groups_apart(labelled):
         source = dict(zip(images["image_id"].to_pylist(), images["sharp_source"].to_pylist(), strict=True))
         assert {source[i] for i in split.val_images} == set(split.val_sources)
         assert {source[i] for i in split.train_images}.isdisjoint(split.val_sources)
-    with pytest.raises(InputError, match="--val-fraction"):
+    with pytest.raises(InputError, match="val_fraction"):
         split_by_source(images, 1.5, 0)
 
 

@@ -50,7 +50,7 @@ def _source_of(images: pa.Table) -> list[str]:
 def split_by_source(images: pa.Table, val_fraction: float, seed: int) -> Split:
     """Seeded split of the images by source sharp image; at least one group on each side."""
     if not 0 < val_fraction < 1:
-        raise InputError(f"--val-fraction: must be in (0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction: must be in (0, 1), got {val_fraction}")
     sources = _source_of(images)
     groups = sorted(set(sources))
     if len(groups) < 2:
@@ -75,7 +75,7 @@ def build_index(store: Store, estimator_id: str, threshold: float) -> pa.Table:
     """
     labels = read_labels(store, estimator_id)
     if labels.num_rows == 0:
-        raise InputError(f"--estimator: the store has no labels for {estimator_id!r}; run goodregions label first")
+        raise InputError(f"estimator: the store has no labels for {estimator_id!r}; run goodregions label first")
     windows = store.windows().select(["image_id", "window_id", "y", "x"])
     pixels = store.images().select(["image_id", "blurred_array", "blurred_index"])
     joined = labels.select(["image_id", "window_id", "similarity"]).join(windows, ["image_id", "window_id"])

@@ -45,7 +45,7 @@ def load_classifier(model_dir: str | pathlib.Path, device: str = "auto") -> Clas
 
     folder = pathlib.Path(model_dir)
     if not (folder / "model.pt").is_file() or not (folder / "model.json").is_file():
-        raise InputError(f"--model: {folder} has no model.pt and model.json (run goodregions train)")
+        raise InputError(f"model: {folder} has no model.pt and model.json (run goodregions train)")
     info = json.loads((folder / "model.json").read_text())
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,17 +73,13 @@ def cnn_scores(
 def estimator_for(classifier_info: dict[str, Any], name: str | None) -> Any:
     """The registered estimator ``name`` (defaults), or the one the model's labels came from."""
     from kernels_gpu import estimators
+    from pipeline.estimate import get_estimator
 
     if name is not None:
-        try:
-            return estimators.get(name)
-        except KeyError:
-            raise InputError(
-                f"--estimator: unknown estimator {name!r} (registered: {', '.join(estimators.available())})"
-            ) from None
+        return get_estimator(name)
     spec = classifier_info.get("estimator_spec")
     if not spec:
-        raise InputError("--estimator: the model does not record its estimator's parameters; name one")
+        raise InputError("estimator: the model does not record its estimator's parameters; name one")
     return estimators.get(spec["name"], **spec["params"])
 
 
@@ -145,9 +141,9 @@ def run_select(
     size = window or classifier.window
     step = stride or classifier.stride
     if size > min(image.shape):
-        raise InputError(f"--window: {size} px is larger than the image {image.shape[0]}x{image.shape[1]}")
+        raise InputError(f"window: {size} px is larger than the image {image.shape[0]}x{image.shape[1]}")
     if kernel_size < 3 or kernel_size % 2 == 0 or kernel_size > size:
-        raise InputError(f"--kernel-size: must be odd, >= 3 and at most the window ({size} px), got {kernel_size}")
+        raise InputError(f"kernel_size: must be odd, >= 3 and at most the window ({size} px), got {kernel_size}")
     est = estimator_for(classifier.info, estimator)
     corners = grid(*image.shape, size, step)
     start = time.perf_counter()

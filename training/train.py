@@ -61,15 +61,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise InputError(f"--epochs: must be >= 1, got {self.epochs}")
+            raise InputError(f"epochs: must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise InputError(f"--batch-size: must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch_size: must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
-            raise InputError(f"--lr: must be > 0, got {self.lr}")
+            raise InputError(f"lr: must be > 0, got {self.lr}")
         if self.workers < 1 or self.data_workers < 1 or self.cpus_per_worker <= 0:
-            raise InputError("--workers, --data-workers and --cpus-per-worker must be positive")
+            raise InputError("workers, data_workers and cpus_per_worker: must be positive")
         if self.init_weights is not None and not pathlib.Path(self.init_weights).is_file():
-            raise InputError(f"--init-weights: {self.init_weights} does not exist")
+            raise InputError(f"init_weights: {self.init_weights} does not exist")
 
     def resumable_settings(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption (epochs may grow)."""
@@ -185,7 +185,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     if saved.exists():
         previous = json.loads(saved.read_text())
         if previous != config.resumable_settings():
-            raise InputError(f"--out: {out} holds a run with other settings ({saved}); use a new folder")
+            raise InputError(f"out: {out} holds a run with other settings ({saved}); use a new folder")
     index = build_index(store, config.estimator, config.threshold)
     all_images = store.images()
     images = all_images.filter(pc.is_in(all_images["image_id"], index["image_id"]))
@@ -195,7 +195,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     n_train = sum(len(x) for x in train_index["label"].to_pylist())
     if positives in (0, n_train):
         raise InputError(
-            f"--threshold: every training window has the same label at {config.threshold} "
+            f"threshold: every training window has the same label at {config.threshold} "
             f"({positives} of {n_train} positive); choose another threshold"
         )
     pos_weight = (n_train - positives) / positives if config.balance else None

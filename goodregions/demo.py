@@ -1,10 +1,10 @@
 """``demo``: the whole system end to end on built-in data, small enough for 2 CPU cores in minutes.
 
-synth (18 built-in pictures x 4 trajectory kernels, 192 px, windows of 96 px) ->
+synth (18 built-in pictures x 8 trajectory kernels, 192 px, windows of 96 px) ->
 label (``l0grad`` on Ray) -> train (the ResNet34 classifier, a few epochs, with
 the threshold that balances good and bad windows) -> select (on a validation
 image) -> evaluate (all selectors on the validation images).  Every step is the
-same code the commands run; each writes into one folder.
+same library code the commands run; each writes into one folder.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import click
 import numpy as np
 
-__all__ = ["DemoConfig", "run_demo"]
+from pipeline.files import InputError
+
+from ._shell import CONTEXT, user_errors
+
+__all__ = ["DemoConfig", "demo", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,9 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from pipeline.labels import plan_labels, read_labels
     from pipeline.store import Store
     from pipeline.synth import SynthConfig, run_synth
-
-    from .evaluate import SELECTORS, plan_jobs, run_evaluate
-    from .select import estimator_for, load_classifier, run_select
-    from .train import TrainConfig, run_training
+    from training.evaluate import SELECTORS, plan_jobs, run_evaluate
+    from training.select import estimator_for, load_classifier, run_select
+    from training.train import TrainConfig, run_training
 
     root = pathlib.Path(config.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -142,3 +146,26 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         "deblurred": str(root / "select" / "deblurred.png"),
         "metrics": str(model / "metrics.png"),
     }
+
+
+@click.command(context_settings=CONTEXT)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="goodregions-demo",
+    show_default=True,
+    help="Folder for the store, the model and every output.",
+)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs.")
+@user_errors
+def demo(out: str, epochs: int) -> None:
+    """Run synth -> label -> train -> select -> evaluate end to end on built-in images (minutes on 2 cores)."""
+    if epochs < 1:
+        raise InputError(f"--epochs: must be >= 1, got {epochs}")
+    outputs = run_demo(DemoConfig(out=out, epochs=epochs), say=click.echo)
+    click.echo("")
+    click.echo(pathlib.Path(outputs["table"]).read_text().strip())
+    click.echo("")
+    for key in ("er_curve", "psnr", "heatmap", "deblurred", "metrics"):
+        click.echo(f"{key:10s} {outputs[key]}")

@@ -1,0 +1,80 @@
+"""Training: ``train``."""
+
+from __future__ import annotations
+
+import click
+
+from ._shell import CONTEXT, user_errors
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("store")
+@click.option("--estimator", "-e", required=True, help="Estimator id whose labels to learn (see goodregions status).")
+@click.option("--threshold", type=float, default=0.75, show_default=True, help="Good window: similarity > this.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Model folder (resumable).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--data-workers", type=int, default=1, show_default=True, help="Ray Data actors cropping windows.")
+@click.option(
+    "--init-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local torchvision ResNet34 state dict (ImageNet) to fine-tune from.",
+)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Source images held out.")
+@click.option("--balance", is_flag=True, help="Weight the positive class by negatives/positives.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT).")
+@user_errors
+def train(
+    store: str,
+    estimator: str,
+    threshold: float,
+    out: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    data_workers: int,
+    init_weights: str | None,
+    val_fraction: float,
+    balance: bool,
+    seed: int,
+    address: str | None,
+) -> None:
+    """Train the ResNet34 window classifier on STORE's labels with Ray Train (resumes an interrupted run)."""
+    from training.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        store=store,
+        estimator=estimator,
+        out=out,
+        threshold=threshold,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        data_workers=data_workers,
+        init_weights=init_weights,
+        val_fraction=val_fraction,
+        balance=balance,
+        seed=seed,
+        address=address,
+    )
+    result = run_training(config)
+    m = result.metrics
+    resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from else ""
+    click.echo(
+        f"trained {result.epochs} epochs{resumed}; validation: AUC {m['val_auc']:.3f}, accuracy "
+        f"{m['val_accuracy']:.3f}; top-1 window similarity {m['top1_similarity']:.3f} vs random "
+        f"{m['random_similarity']:.3f} vs oracle {m['oracle_similarity']:.3f} on {m['val_images']} images"
+    )
+    click.echo(f"wrote {result.model_path}, model.json, metrics.csv and metrics.png in {out}")

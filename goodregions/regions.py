@@ -1,0 +1,148 @@
+"""Regions of new images: ``select``, ``evaluate``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import click
+
+from pipeline.files import InputError
+
+from ._shell import CONTEXT, Progress, load_input, user_errors
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("image")
+@click.option("--model", "-m", type=click.Path(file_okay=False), required=True, help="Folder written by train.")
+@click.option(
+    "--kernel-size",
+    "-k",
+    type=int,
+    default=None,
+    help="Odd kernel size to estimate (default: 31, or the true size + 4 for builtin samples).",
+)
+@click.option("--estimator", "-e", default=None, help="Registered estimator (default: the model's).")
+@click.option("--window", type=int, default=None, help="Window side (default: the model's).")
+@click.option("--stride", type=int, default=None, help="Window stride (default: the model's).")
+@click.option("--top", type=int, default=10, show_default=True, help="Ranked windows listed in windows.json.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@user_errors
+def select(
+    image: str,
+    model: str,
+    kernel_size: int | None,
+    estimator: str | None,
+    window: int | None,
+    stride: int | None,
+    top: int,
+    out: str,
+) -> None:
+    """Pick the best window of IMAGE with the trained model, estimate the kernel there, deblur the image.
+
+    Writes windows.json (ranked windows), heatmap.png, kernel.npy/.png and deblurred.png to OUT.
+    """
+    from training.select import run_select
+
+    pixels, truth = load_input(image)
+    if kernel_size is None:
+        kernel_size = truth.shape[0] + 4 if truth is not None else 31
+    if top < 1:
+        raise InputError(f"--top: must be >= 1, got {top}")
+    summary = run_select(
+        pixels, model, out, kernel_size, estimator, window, stride, top, truth, name=pathlib.Path(image).name
+    )
+    best = summary["best"]
+    line = (
+        f"best of {summary['windows_scored']} windows: ({best['y']}, {best['x']}) {best['size']} px, "
+        f"score {best['score']:.2f}; kernel by {summary['estimator']} in {summary['seconds']:.1f} s"
+    )
+    if "similarity_to_true_kernel" in summary:
+        line += f"; similarity to the true kernel {summary['similarity_to_true_kernel']:.3f}"
+    click.echo(line)
+    click.echo(f"wrote windows.json, heatmap.png, kernel.npy, kernel.png and deblurred.png in {out}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("source")
+@click.option("--model", "-m", type=click.Path(file_okay=False), required=True, help="Folder written by train.")
+@click.option(
+    "--selectors",
+    default=",".join(("cnn", "fergus", "xu-jia", "hu-yang", "whole", "random", "oracle")),
+    show_default=True,
+    help="Comma-separated selectors to compare.",
+)
+@click.option("--estimator", "-e", default=None, help="Evaluation estimator (default: the model's).")
+@click.option("--window", type=int, default=None, help="Window side (default: the model's).")
+@click.option("--stride", type=int, default=None, help="Window stride (default: the model's).")
+@click.option(
+    "--kernel-size",
+    type=int,
+    default=31,
+    show_default=True,
+    help="Kernel size for images whose true kernel is unknown (else true size + 4).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
+@click.option(
+    "--split",
+    type=click.Choice(["all", "val"]),
+    default="all",
+    show_default=True,
+    help="'val': only the store images of the model's validation sources.",
+)
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT).")
+@click.option("--workers", type=int, default=0, help="Parallel images (default: one per CPU).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@user_errors
+def evaluate(
+    source: str,
+    model: str,
+    selectors: str,
+    estimator: str | None,
+    window: int | None,
+    stride: int | None,
+    kernel_size: int,
+    seed: int,
+    split: str,
+    address: str | None,
+    workers: int,
+    out: str,
+    quiet: bool,
+) -> None:
+    """Compare region selectors on SOURCE (a store, or a folder of images without ground truth).
+
+    For each image and selector: choose a region, estimate the kernel there,
+    deconvolve the whole image, and score it by Levin's error ratio and PSNR.
+    Writes results.parquet, results.md, er_curve.png and psnr.png to OUT.
+    """
+    from pipeline.distributed import RayOptions
+    from training.evaluate import SELECTORS, plan_jobs, run_evaluate
+    from training.select import estimator_for, load_classifier
+
+    chosen = tuple(s.strip() for s in selectors.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SELECTORS]
+    if unknown or not chosen:
+        raise InputError(
+            f"--selectors: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SELECTORS)}"
+        )
+    if "hu-yang" in chosen and not (pathlib.Path(model) / "hu_yang.json").is_file():
+        raise InputError(f"--selectors: hu-yang needs {pathlib.Path(model) / 'hu_yang.json'} (written by train)")
+    classifier = load_classifier(model, "cpu")
+    est = estimator_for(classifier.info, estimator)
+    only = set(classifier.info["split"]["val_sources"]) if split == "val" else None
+    size, step = window or classifier.window, stride or classifier.stride
+    jobs = plan_jobs(source, model, chosen, est, out, size, step, kernel_size, seed, only)
+    if not jobs:
+        raise InputError(f"{source}: no image is at least one window ({window or classifier.window} px) large")
+    bar = Progress(0, "img", quiet, "evaluate")
+    bar.set_total(len(jobs))
+    try:
+        _results, errors = run_evaluate(jobs, out, RayOptions(address=address, workers=workers, device="cpu"), bar)
+    finally:
+        bar.close()
+    click.echo((pathlib.Path(out) / "results.md").read_text().strip())
+    click.echo(f"\nwrote results.parquet, results.md, er_curve.png, psnr.png and deblurred/ in {out}")
+    for error in errors:
+        click.echo(f"  failed: {error}", err=True)
+    if errors:
+        raise click.ClickException(f"{len(errors)} images failed (listed above)")
