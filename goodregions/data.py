@@ -52,7 +52,9 @@ def _parse_pairs(value: str) -> int | None:
 )  # checked by SynthConfig, so a bad value is a one-line error like every other
 @click.option("--window", type=int, default=228, show_default=True, help="Window side (px).")
 @click.option("--stride", type=int, default=20, show_default=True, help="Window stride (px).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the kernels, the noise and the --pairs subset."
+)
 @click.option("--pairs", default="all", show_default=True, help="'all' pairs or a seeded random subset of N.")
 @click.option("--workers", type=int, default=0, help="Processes (default: all cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -12,12 +12,12 @@ from ._shell import CONTEXT, user_errors
 @click.option("--estimator", "-e", required=True, help="Estimator id whose labels to learn (see goodregions status).")
 @click.option("--threshold", type=float, default=0.75, show_default=True, help="Good window: similarity > this.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Model folder (resumable).")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True, help="Epochs in all (a resumed run continues).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per SGD step and worker.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="SGD learning rate (momentum 0.9).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs each training worker holds.")
 @click.option("--data-workers", type=int, default=1, show_default=True, help="Ray Data actors cropping windows.")
 @click.option(
     "--init-weights",
@@ -27,7 +27,9 @@ from ._shell import CONTEXT, user_errors
 )
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Source images held out.")
 @click.option("--balance", is_flag=True, help="Weight the positive class by negatives/positives.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the split, the initial weights and the shuffle."
+)
 @click.option("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT).")
 @user_errors
 def train(
