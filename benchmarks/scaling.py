@@ -24,12 +24,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -112,34 +110,17 @@ def actor_round_trip() -> float:
     return per_call
 
 
-def _moto() -> tuple[subprocess.Popen, str] | None:
+def _moto() -> contextlib.AbstractContextManager | None:
+    """moto's S3 on loopback (the tests' server), or None without moto and s3fs."""
     try:
         import moto  # noqa: F401
-        import s3fs
+        import s3fs  # noqa: F401
     except ImportError:
         return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = shutil.which("moto_server") or str(pathlib.Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="x",
-        AWS_SECRET_ACCESS_KEY="x",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("scaling")
-    return proc, "s3://scaling/ds"
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/
+    from tests.s3server import moto_s3
+
+    return moto_s3("scaling")
 
 
 def main() -> None:
@@ -153,11 +134,8 @@ def main() -> None:
         if args.s3:
             server = _moto()
             if server:
-                proc, url = server
-                try:
-                    costs["s3"] = store_costs(Store(url), "S3 (moto on loopback)")
-                finally:
-                    proc.terminate()
+                with server:
+                    costs["s3"] = store_costs(Store("s3://scaling/ds"), "S3 (moto on loopback)")
     per_call = actor_round_trip()
     from pipeline.distributed import PUBLISH_THREADS
 

@@ -7,12 +7,8 @@ test; nothing leaves the machine.  Skipped when moto or s3fs is not installed.
 from __future__ import annotations
 
 import os
-import pathlib
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,6 +22,7 @@ from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP
 from tests.raytools import ROOT, local_ray
+from tests.s3server import moto_s3
 
 CONFIG = SynthConfig(
     sharp=str(LEVIN_SHARP),
@@ -40,49 +37,10 @@ CONFIG = SynthConfig(
 )  # 12 images of 96 px, 4 windows each
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
-    port = _free_port()
-    server = shutil.which("moto_server") or str(pathlib.Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("goodregions-test")
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with moto_s3("goodregions-test") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
