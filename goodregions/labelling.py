@@ -82,7 +82,17 @@ def label(
     bar = Progress(todo, "win", quiet, "label")
     try:
         run = run_labels(
-            target, est, plan, RayOptions(address, workers, device, gpus_per_worker, cpus_per_worker), progress=bar
+            target,
+            est,
+            plan,
+            RayOptions(
+                address=address,
+                workers=workers,
+                device=device,
+                gpus_per_worker=gpus_per_worker,
+                cpus_per_worker=cpus_per_worker,
+            ),
+            progress=bar,
         )
     finally:
         bar.close()

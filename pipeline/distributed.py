@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 4
 PUBLISH_THREADS = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RayOptions:
     address: str | None = None  # None: start a local Ray sized to this machine
     workers: int = 0  # 0: as many as the resources allow
