@@ -45,7 +45,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from pipeline.labels import plan_labels, read_labels
     from pipeline.store import Store
     from pipeline.synth import SynthConfig, run_synth
-    from training.evaluate import SELECTORS, plan_jobs, run_evaluate
+    from training.evaluate import SELECTORS, EvalConfig, plan_jobs, run_evaluate
     from training.select import estimator_for, load_classifier, run_select
     from training.train import TrainConfig, run_training
 
@@ -125,16 +125,17 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 
     est = estimator_for(classifier.info, None)
     jobs = plan_jobs(
-        store.url,
-        str(model),
-        SELECTORS,
-        est,
-        str(root / "evaluate"),
-        classifier.window,
-        classifier.stride,
-        31,
-        config.seed,
-        val_sources,
+        EvalConfig(
+            source=store.url,
+            model_dir=str(model),
+            out=str(root / "evaluate"),
+            estimator=est,
+            window=classifier.window,
+            stride=classifier.stride,
+            selectors=SELECTORS,
+            seed=config.seed,
+            only_sources=frozenset(val_sources),
+        )
     )
     run_evaluate(jobs, str(root / "evaluate"), RayOptions(device="cpu"))
     step(f"evaluate: {len(jobs)} validation images x {len(SELECTORS)} selectors")

@@ -7,6 +7,8 @@ import pathlib
 import click
 
 from pipeline.files import InputError
+from training.selectors import DEFAULT as SELECTORS
+from training.selectors import available as available_selectors
 
 from ._shell import CONTEXT, Progress, load_input, user_errors
 
@@ -67,9 +69,11 @@ def select(
 @click.option("--model", "-m", type=click.Path(file_okay=False), required=True, help="Folder written by train.")
 @click.option(
     "--selectors",
-    default=",".join(("cnn", "fergus", "xu-jia", "hu-yang", "whole", "random", "oracle")),
+    default=",".join(SELECTORS),
     show_default=True,
-    help="Comma-separated selectors to compare.",
+    help=f"Comma-separated selectors to compare: {', '.join(available_selectors())}, and S-joint-K / "
+    "S-consensus-K for a window selector S (e.g. cnn-joint-3: one kernel from the 3 best windows; "
+    "cnn-consensus-3: the medoid of their 3 kernels).",
 )
 @click.option("--estimator", "-e", default=None, help="Evaluation estimator (default: the model's).")
 @click.option("--window", type=int, default=None, help="Window side (default: the model's).")
@@ -116,24 +120,11 @@ def evaluate(
     Writes results.parquet, results.md, er_curve.png and psnr.png to OUT.
     """
     from pipeline.distributed import RayOptions
-    from training.evaluate import SELECTORS, plan_jobs, run_evaluate
-    from training.select import estimator_for, load_classifier
+    from training.evaluate import evaluation_config, plan_jobs, run_evaluate
 
-    chosen = tuple(s.strip() for s in selectors.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in SELECTORS]
-    if unknown or not chosen:
-        raise InputError(
-            f"--selectors: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SELECTORS)}"
-        )
-    if "hu-yang" in chosen and not (pathlib.Path(model) / "hu_yang.json").is_file():
-        raise InputError(f"--selectors: hu-yang needs {pathlib.Path(model) / 'hu_yang.json'} (written by train)")
-    classifier = load_classifier(model, "cpu")
-    est = estimator_for(classifier.info, estimator)
-    only = set(classifier.info["split"]["val_sources"]) if split == "val" else None
-    size, step = window or classifier.window, stride or classifier.stride
-    jobs = plan_jobs(source, model, chosen, est, out, size, step, kernel_size, seed, only)
-    if not jobs:
-        raise InputError(f"{source}: no image is at least one window ({window or classifier.window} px) large")
+    chosen = selectors.split(",")
+    config = evaluation_config(source, model, out, chosen, estimator, window, stride, kernel_size, seed, split)
+    jobs = plan_jobs(config)
     bar = Progress(0, "img", quiet, "evaluate")
     bar.set_total(len(jobs))
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import imageio.v3 as iio
 import numpy as np
@@ -20,7 +21,7 @@ from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP
 from tests.raytools import local_ray
 from training.data import build_index, split_by_source
-from training.evaluate import SELECTORS
+from training.evaluate import SELECTORS, portable_name
 from training.hu_yang import fit_hu_yang
 from training.model import build_model
 
@@ -78,6 +79,10 @@ def test_evaluate_store(setup):
         assert 0 <= row.y and 0 <= row.x and row.y + row.height <= 128 and row.x + row.width <= 128
         assert (row.height, row.width) == ((128, 128) if row.selector == "whole" else (64, 64))
     assert table["error_ratio"].notna().all() and (table["error_ratio"] > 0).all()
+    parts = table[["scoring_seconds", "estimation_seconds", "deconvolution_seconds"]]
+    assert (parts >= 0).all().all() and np.allclose(parts.sum(axis=1), table["seconds"], rtol=1e-4, atol=1e-5)
+    assert (table.loc[table["selector"].isin(["fergus", "xu-jia", "whole"]), "estimation_seconds"] > 0).all()
+    assert (table.loc[table["selector"] == "whole", "scoring_seconds"] == 0).all() and (table["regions"] == 1).all()
     for _, image in table.groupby("image"):
         sims = image.set_index("selector")["similarity"]
         assert all(sims["oracle"] >= sims[s] - 1e-6 for s in WINDOW_SELECTORS)  # the oracle bounds every window
@@ -85,6 +90,7 @@ def test_evaluate_store(setup):
     assert "8 images with ground truth scored; 0 without ground truth" in report
     for name in SELECTORS:
         assert f"| {name} | 8 |" in report
+    assert "| scoring s | estimation s |" in report
     assert (out / "er_curve.png").stat().st_size > 5000 and (out / "psnr.png").stat().st_size > 5000
     assert len(list((out / "deblurred").glob("*_cnn.png"))) == 8
 
@@ -102,15 +108,24 @@ def test_evaluate_validation_split_and_folder_without_truth(setup):
             "--out",
             str(out),
             "--selectors",
-            "cnn,whole,oracle",
+            "cnn,whole,oracle,cnn-consensus-3,cnn-consensus-1",
             "--split",
             "val",
             "-q",
         ],
     )
     assert result.exit_code == 0, result.output
-    table = pq.read_table(out / "results.parquet")
-    assert table.num_rows == 2 * 3  # 1 validation source x 2 kernels, 3 selectors
+    table = pq.read_table(out / "results.parquet").to_pandas()
+    assert len(table) == 2 * 5  # 1 validation source x 2 kernels, 5 selectors
+    for _, image in table.groupby("image"):
+        rows = image.set_index("selector")
+        assert rows.loc["cnn-consensus-3", "regions"] == 3 and rows.loc["cnn", "regions"] == 1
+        # consensus over one window is the top-1 window; over three its pick is one of them, the oracle bounds it
+        assert (
+            rows.loc["cnn-consensus-1", ["y", "x", "similarity"]].tolist()
+            == rows.loc["cnn", ["y", "x", "similarity"]].tolist()
+        )
+        assert rows.loc["oracle", "similarity"] >= rows.loc["cnn-consensus-3", "similarity"] - 1e-6
 
     folder = root / "photos"
     folder.mkdir()
@@ -168,6 +183,8 @@ def test_select_outputs(setup, tmp_path):
         (["--selectors", "cnn,nope"], "--selectors"),
         (["--selectors", ""], "--selectors"),
         (["--estimator", "nope"], "--estimator"),
+        (["--selectors", "cnn-joint-0"], "--selectors"),
+        (["--kernel-size", "4"], "--kernel-size"),
     ],
 )
 def test_evaluate_bad_options(setup, args, needle):
@@ -186,3 +203,12 @@ def test_select_bad_inputs(setup, tmp_path):
         main, ["select", "builtin:camera", "--model", str(model), "-k", "14", "--out", str(tmp_path)]
     )
     assert result.exit_code != 0 and "--kernel-size" in result.output
+
+
+def test_portable_name():
+    assert portable_name("00008_builtin:camera_cnn.png") == "00008_builtin_camera_cnn.png"
+    assert portable_name("a b/c\\d*?é.png") == "a_b_c_d_.png"
+    assert portable_name("cnn-joint-3_x.png") == "cnn-joint-3_x.png"  # allowed characters stay
+    assert portable_name(".hidden") == "_.hidden" and portable_name("-rf") == "_-rf" and portable_name("") == "_"
+    for name in ("im1:ker2.png", "über:weird|name.tif"):
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", portable_name(name))

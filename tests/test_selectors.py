@@ -23,19 +23,16 @@ from scipy.signal import fftconvolve
 
 from pipeline.windows import grid
 from tests import levin
-from training.selectors import (
+from training.selectors import Box, best_by_scores, random_window, rank_by_scores
+from training.selectors.baselines import (
     XU_JIA_EPS,
-    Box,
     LogisticRegression,
     _gabor_bank,
-    best_by_scores,
     fergus_scores,
     gabor_feature_names,
     gabor_features,
     hu_yang_scores,
     neighbourhood_sums,
-    random_window,
-    rank_by_scores,
     usefulness_map,
     window_sums,
     xu_jia_scores,
@@ -375,3 +372,92 @@ def test_best_and_rank_by_scores_break_ties_by_window_id():
     assert best_by_scores([np.nan, -np.inf]) == 1
     with pytest.raises(ValueError):
         best_by_scores([])
+
+
+# ----------------------------------------------------------------------- registry
+
+
+def test_registry_names_needs_and_widened_forms():
+    from training import selectors
+
+    assert selectors.available()[:7] == ["cnn", "fergus", "xu-jia", "hu-yang", "whole", "random", "oracle"]
+    assert set(selectors.DEFAULT) <= {n for n in selectors.DEFAULT if selectors.get(n)}
+    assert selectors.get("cnn").needs == "model" and selectors.get("cnn").model_file == "model.pt"
+    assert selectors.get("hu-yang").model_file == "hu_yang.json"
+    assert selectors.get("oracle").needs == "truth" and selectors.get("fergus").needs == "nothing"
+    joint = selectors.get("cnn-joint-3")
+    assert (joint.top, joint.combine, joint.base, joint.needs) == (3, "joint", "cnn", "model")
+    consensus = selectors.get("xu-jia-consensus-5")
+    assert (consensus.top, consensus.combine, consensus.base) == (5, "consensus", "xu-jia")
+    assert selectors.get("cnn-joint-1").top == 1
+    for bad in ("nope", "cnn-joint-0", "whole-joint-3", "cnn-joint-", "cnn-median-3", "nope-joint-3"):
+        with pytest.raises(KeyError, match="unknown selector"):
+            selectors.get(bad)
+    with pytest.raises(ValueError):
+        selectors.register(selectors.Selector("cnn", "nothing", None))  # taken
+    with pytest.raises(ValueError):
+        selectors.register(selectors.Selector("mine-joint-2", "nothing", None))  # reserved form
+
+
+def _context(image, size=SIZE, stride=STRIDE, **kw):
+    from training import selectors
+
+    def fake_estimate(windows, k):  # a kernel that encodes the window's mean, to tell windows apart
+        out = np.zeros((len(windows), k, k), np.float32)
+        out[:, k // 2, k // 2] = 1
+        out[:, k // 2, k // 2 + 1] = np.asarray(windows).mean(axis=(1, 2))
+        return out / out.sum(axis=(1, 2), keepdims=True)
+
+    return selectors.Context(image, grid(*image.shape, size, stride), size, 9, fake_estimate, **kw)
+
+
+def test_choose_takes_the_top_k_windows_by_the_shared_ranking(blurred):
+    from training import selectors
+
+    context = _context(blurred)
+    scores = fergus_scores(blurred, context.corners, SIZE)
+    boxes = selectors.choose(selectors.get("fergus-consensus-3"), context)
+    assert boxes == [Box.from_corner(context.corners[i], SIZE) for i in rank_by_scores(scores)[:3]]
+    assert selectors.choose(selectors.get("fergus"), context) == boxes[:1]
+    assert selectors.choose(selectors.get("whole"), context) == [Box.whole(blurred.shape)]
+    many = selectors.get(f"fergus-joint-{len(context.corners) + 5}")  # more than the grid holds: all of it
+    assert len(selectors.choose(many, context)) == len(context.corners)
+    # the random selector's best window is random_window's pick, the rest a seeded order
+    context = _context(blurred, seed=3, key="im1")
+    first = selectors.choose(selectors.get("random-consensus-4"), context)
+    assert first[0] == Box.from_corner(context.corners[random_window(context.corners, 3, "im1")], SIZE)
+    assert first == selectors.choose(selectors.get("random-consensus-4"), context) and len(set(first)) == 4
+
+
+def test_medoid_picks_the_kernel_most_like_the_others():
+    from training.selectors import medoid
+
+    def line(angle_deg, size=15):
+        k = np.zeros((size, size))
+        t = np.radians(angle_deg)
+        for r in np.linspace(-5, 5, 41):
+            k[int(np.rint(7 + r * np.sin(t))), int(np.rint(7 + r * np.cos(t)))] = 1
+        return k / k.sum()
+
+    # three near-horizontal lines and one vertical outlier: a middle horizontal one is the medoid
+    kernels = np.stack([line(90), line(0), line(8), line(-8)])
+    assert medoid(kernels) == 1
+    assert medoid(kernels[:1]) == 0
+    assert medoid(np.stack([line(0), line(0)])) == 0  # ties go to the better-ranked window
+
+
+def test_consensus_estimates_every_window_and_keeps_the_medoid(blurred):
+    from training import selectors
+
+    context = _context(blurred)
+    selector = selectors.get("fergus-consensus-3")
+    boxes = selectors.choose(selector, context)
+    kernel, index = selectors.estimate(selector, context, boxes)
+    stack = np.stack([blurred[b.slices] for b in boxes]).astype(np.float32)
+    each = context.estimate(stack, 9)
+    assert index == selectors.medoid(each) and np.array_equal(kernel, each[index])
+    with pytest.raises(ValueError, match="joint"):  # no joint estimator in this context
+        selectors.estimate(selectors.get("fergus-joint-3"), context, boxes)
+    joint = _context(blurred, estimate_joint=lambda w, k: context.estimate(w, k).mean(axis=0))
+    kernel, index = selectors.estimate(selectors.get("fergus-joint-3"), joint, boxes)
+    assert index == 0 and np.allclose(kernel, each.mean(axis=0))

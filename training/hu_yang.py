@@ -21,7 +21,7 @@ __all__ = ["fit_hu_yang"]
 
 def fit_hu_yang(store: Store, index: pa.Table, window: int, out: pathlib.Path, balance: bool = True) -> dict:
     """Fit on every window of the images in ``index`` (see ``training.data.build_index``); write hu_yang.json."""
-    from .selectors import LogisticRegression, gabor_features
+    from .selectors.baselines import LogisticRegression, gabor_features
 
     features, labels = [], []
     arrays: dict[str, object] = {}

@@ -1,4 +1,4 @@
-"""Validation metrics of the window classifier, and their CSV and plot.
+"""Validation metrics of the window classifier, and their CSV (the plot is ``training.plots.plot_history``).
 
 The metric that matters for the product is the *selection* metric: for each
 validation image, the similarity of the window the model ranks first, against
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["plot_history", "roc_auc", "selection", "validation_metrics", "write_history_csv"]
+__all__ = ["roc_auc", "selection", "validation_metrics", "write_history_csv"]
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -86,37 +86,3 @@ def write_history_csv(path: str | pathlib.Path, history: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-
-
-def plot_history(path: str | pathlib.Path, history: list[dict], estimator: str, threshold: float) -> None:
-    """Two panels: losses and AUC per epoch; selection similarity (top-1 vs random vs oracle) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.files import atomic_path
-
-    epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    left.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
-    left.plot(epochs, [h["val_auc"] for h in history], "s--", label="validation ROC-AUC")
-    left.set_xlabel("epoch")
-    left.legend()
-    left.grid(alpha=0.3)
-    for key, label, style in [
-        ("oracle_similarity", "oracle (best window)", "g^-"),
-        ("top1_similarity", "model's top-1 window", "bo-"),
-        ("random_similarity", "random window (mean)", "r--"),
-    ]:
-        right.plot(epochs, [h[key] for h in history], style, label=label)
-    right.set_xlabel("epoch")
-    right.set_ylabel("kernel similarity on validation images")
-    right.legend()
-    right.grid(alpha=0.3)
-    fig.suptitle(f"window classifier: labels {estimator} at similarity > {threshold}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

@@ -95,29 +95,6 @@ def heatmap(image: np.ndarray, corners: np.ndarray, size: int, scores: np.ndarra
         return total / np.where(count > 0, count, np.nan)
 
 
-def plot_selection(
-    path: pathlib.Path, image: np.ndarray, heat: np.ndarray, box: tuple[int, int, int, int], title: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / image.shape[1] + 0.4))
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    shown = ax.imshow(heat, cmap="inferno", alpha=0.45, vmin=0, vmax=1)
-    y, x, h, w = box
-    ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="cyan", linewidth=2))
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="P(good window)")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
 def run_select(
     image: np.ndarray,
     model_dir: str,
@@ -137,6 +114,9 @@ def run_select(
     from kernels_gpu.deconv import deconvolve
     from kernels_gpu.similarity import similarity
 
+    from .plots import plot_selection
+    from .selectors import rank_by_scores
+
     classifier = load_classifier(model_dir)
     size = window or classifier.window
     step = stride or classifier.stride
@@ -148,7 +128,7 @@ def run_select(
     corners = grid(*image.shape, size, step)
     start = time.perf_counter()
     scores = cnn_scores(classifier, image, corners, size)
-    order = np.argsort(-scores, kind="stable")
+    order = rank_by_scores(scores)
     y, x = (int(v) for v in corners[order[0]])
     region = image[y : y + size, x : x + size][None]
     device = "gpu" if gpu_available() else "cpu"

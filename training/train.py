@@ -28,7 +28,8 @@ from pipeline.files import InputError, atomic_path
 from pipeline.store import Store
 
 from .data import build_index, split_by_source, subset
-from .metrics import plot_history, validation_metrics, write_history_csv
+from .metrics import validation_metrics, write_history_csv
+from .plots import plot_history
 
 __all__ = ["TrainConfig", "TrainResult", "run_training", "train_loop"]
 

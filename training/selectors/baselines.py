@@ -1,32 +1,30 @@
-"""Baseline window selectors: the ways of choosing a region that the CNN is compared with.
+"""The baseline window scorers: the ways of choosing a region that the CNN is compared with.
 
 Every scorer takes one grey image ``(H, W)`` in [0, 1], the window corners of
 :func:`pipeline.windows.grid` ``(n, 2)`` (``y, x``, window-id order) and the
 window side ``size``, and returns one float64 score per window, higher meaning
-better; :func:`best_by_scores` turns scores into the chosen window id.  Each
-scorer works on the whole image once (gradients, filters, box sums through an
-integral image) and then reads every window off in O(1), so the cost does not
+better; :func:`training.selectors.rank_by_scores` turns scores into a ranking.
+Each scorer works on the whole image once (gradients, filters, box sums through
+an integral image) and then reads every window off in O(1), so the cost does not
 grow with the number of windows or their overlap.
 
-Sources (see ``docs/algorithms.md`` §3; "[ours]" marks a choice the source does
-not make for us):
+Sources ("[ours]" marks a choice the source does not make for us):
 
-- ``fergus``: Fergus et al. 2006 let the user pick a patch rich in structure and
-  free of saturated pixels.  Automated here as the largest gradient variance
-  among windows with few clipped pixels.
-- ``xu-jia``: Xu & Jia 2010's usefulness-of-edges map, windows scored by the
+- ``fergus``: Fergus et al., "Removing camera shake from a single photograph",
+  SIGGRAPH 2006, let the user pick a patch rich in structure and free of
+  saturated pixels.  Automated here as the largest gradient variance among
+  windows with few clipped pixels.
+- ``xu-jia``: Xu & Jia, "Two-phase kernel estimation for robust motion
+  deblurring", ECCV 2010: the usefulness-of-edges map, windows scored by the
   gradient magnitude of their useful edges.
-- ``hu-yang``: Hu & Yang (ECCV 2012 / IJCV 2015) style, a Gabor filter-bank and
-  edge-statistics feature per window with a logistic-regression classifier
-  (their CRF pairwise term is left out).
-- ``random``: a seeded random window.  ``whole`` is :meth:`Box.whole`.
+- ``hu-yang``: Hu & Yang, "Good regions to deblur", ECCV 2012 / IJCV 2015 style:
+  a Gabor filter-bank and edge-statistics feature per window with a
+  logistic-regression classifier (their CRF pairwise term is left out).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,16 +39,12 @@ __all__ = [
     "GABOR_ORIENTATIONS",
     "STRONG_EDGE",
     "XU_JIA_EPS",
-    "Box",
     "LogisticRegression",
-    "best_by_scores",
     "fergus_scores",
     "gabor_feature_names",
     "gabor_features",
     "hu_yang_scores",
     "neighbourhood_sums",
-    "random_window",
-    "rank_by_scores",
     "usefulness_map",
     "window_sums",
     "xu_jia_scores",
@@ -75,53 +69,6 @@ GABOR_ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 #: al.'s blurred images (synthetic with noise 0.01, and real), well above the
 #: noise, which the smoothing brings down to about 0.0025.
 STRONG_EDGE = 0.02
-
-
-# --------------------------------------------------------------------------- boxes
-
-
-@dataclass(frozen=True)
-class Box:
-    """A rectangular region of an image, in pixels: rows ``y:y+height``, columns ``x:x+width``."""
-
-    y: int
-    x: int
-    height: int
-    width: int
-
-    def __post_init__(self) -> None:
-        for name in ("y", "x", "height", "width"):
-            value = getattr(self, name)
-            if int(value) != value:
-                raise ValueError(f"Box.{name} must be an integer, got {value!r}")
-            object.__setattr__(self, name, int(value))  # plain ints, so the box serialises to JSON
-        if self.y < 0 or self.x < 0:
-            raise ValueError(f"a box starts inside the image, got y={self.y}, x={self.x}")
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"a box is at least 1x1 px, got {self.height}x{self.width}")
-
-    @classmethod
-    def from_corner(cls, corner: Any, size: int) -> Box:
-        """The square window of side ``size`` whose top-left corner is ``corner = (y, x)`` (a row of ``grid``)."""
-        y, x = (int(v) for v in corner)
-        return cls(y, x, int(size), int(size))
-
-    @classmethod
-    def whole(cls, shape: tuple[int, ...]) -> Box:
-        """The whole image of ``shape`` ``(H, W, ...)``: the ``whole`` selector."""
-        return cls(0, 0, int(shape[0]), int(shape[1]))
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """``image[box.slices]`` is the region."""
-        return slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
-
-    def fits(self, shape: tuple[int, ...]) -> bool:
-        """Whether the box lies inside an image of ``shape`` ``(H, W, ...)``."""
-        return self.y + self.height <= shape[0] and self.x + self.width <= shape[1]
-
-    def as_dict(self) -> dict[str, int]:
-        return {"y": self.y, "x": self.x, "height": self.height, "width": self.width}
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -404,7 +351,7 @@ def gabor_features(image: Any, corners: Any, size: int) -> np.ndarray:
     of 1 px [ours]), the fraction of pixels whose gradient
     exceeds :data:`STRONG_EDGE`, the intensity standard deviation, and the
     fraction of clipped pixels (``>= 0.98`` or ``<= 0.02``).  Hu & Yang's exact
-    features are unverified (``docs/algorithms.md`` §3); these follow their
+    features are unverified; these follow their
     description (Gabor responses at several orientations and scales, plus edge
     statistics), not their code.
 
@@ -553,38 +500,3 @@ class LogisticRegression:
 def hu_yang_scores(image: Any, corners: Any, size: int, model: LogisticRegression) -> np.ndarray:
     """Hu & Yang style: the fitted classifier's logit on :func:`gabor_features` of each window, ``(n,)``."""
     return model.decision_function(gabor_features(image, corners, size))
-
-
-# ------------------------------------------------------------- random, choosing
-
-
-def random_window(corners: Any, seed: int, key: int | str) -> int:
-    """A seeded random window id: the same ``(seed, key)`` always gives the same window.
-
-    ``key`` names the image (e.g. its ``image_id``), so different images get
-    independent picks; ``key`` is hashed from its text (``3`` and ``"3"`` are the
-    same key), not with Python's salted ``hash``, so picks survive restarts.
-    """
-    n = len(np.asarray(corners))
-    if n == 0:
-        raise ValueError("no windows to choose from")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    digest = hashlib.blake2b(str(key).encode(), digest_size=8).digest()
-    rng = np.random.default_rng([int(seed), int.from_bytes(digest, "little")])
-    return int(rng.integers(n))
-
-
-def rank_by_scores(scores: Any) -> np.ndarray:
-    """Window ids ``(n,)`` int64 from best to worst; equal scores keep window-id order, NaN ranks last."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1 or len(scores) == 0:
-        raise ValueError(f"expected scores (n,) with n >= 1, got shape {scores.shape}")
-    missing = np.isnan(scores)
-    # lexsort is stable and sorts by its last key first: NaN last, then by descending score
-    return np.lexsort((np.where(missing, 0.0, -scores), missing))
-
-
-def best_by_scores(scores: Any) -> int:
-    """The best window id: the largest score, the lowest window id among exact ties, NaN never preferred."""
-    return int(rank_by_scores(scores)[0])
