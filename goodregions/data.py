@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import click
 
 from pipeline.files import InputError
 
 from ._shell import CONTEXT, Progress, user_errors
+
+#: the option of every command that writes to a store
+WAIT = click.option(
+    "--wait", is_flag=True, help="If another run writes the store (or these labels), wait for it instead of stopping."
+)
+
+
+@contextlib.contextmanager
+def one_writer() -> Iterator[None]:
+    """The library's busy-store error, with the flag that waits."""
+    from pipeline.store import StoreBusy, describe_holder
+
+    try:
+        yield
+    except StoreBusy as exc:
+        raise InputError(f"{exc.url} is being written by {describe_holder(exc.holder)} (use --wait)") from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _parse_sizes(value: str) -> tuple[int, int]:
@@ -57,6 +79,7 @@ def _parse_pairs(value: str) -> int | None:
 )
 @click.option("--pairs", default="all", show_default=True, help="'all' pairs or a seeded random subset of N.")
 @click.option("--workers", type=int, default=0, help="Processes (default: all cores).")
+@WAIT
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def synth(
@@ -74,14 +97,16 @@ def synth(
     seed: int,
     pairs: str,
     workers: int,
+    wait: bool,
     quiet: bool,
 ) -> None:
     """Blur sharp images with camera-shake kernels into the dataset STORE (a folder or fsspec URL).
 
     Every sharp image x every kernel (or a seeded subset); rerunning with more
-    images or kernels adds only the new pairs.
+    images or kernels adds only the new pairs. One synth or ingest per store at a time:
+    another one stops, or waits with --wait.
     """
-    from pipeline.store import Store
+    from pipeline.store import persistent_store
     from pipeline.synth import SynthConfig, run_synth
 
     config = SynthConfig(
@@ -99,10 +124,11 @@ def synth(
         pairs=_parse_pairs(pairs),
         workers=workers,
     )
-    target = Store(store)
+    target = persistent_store(store)
     bar = Progress(0, "img", quiet, "synth")
     try:
-        result = run_synth(target, config, progress=bar)
+        with one_writer():
+            result = run_synth(target, config, progress=bar, wait=wait)
     finally:
         bar.close()
     if result.added == 0:
@@ -110,7 +136,7 @@ def synth(
         return
     total = result.added + result.existing
     click.echo(
-        f"added {result.added} images ({result.planned} pairs asked, {result.existing} already there) "
+        f"added {result.added} images ({result.planned} pairs asked, {result.already} already there) "
         f"in {result.seconds:.1f} s ({result.added / result.seconds:.1f} images/s); "
         f"{store} now holds {total} images"
     )
@@ -133,6 +159,7 @@ def synth(
 @click.option(
     "--stride", type=int, default=None, help="Window stride of a new store (px)  [default: 20; a store keeps its own]"
 )
+@WAIT
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def ingest(
@@ -143,6 +170,7 @@ def ingest(
     pairs: str | None,
     window: int | None,
     stride: int | None,
+    wait: bool,
     quiet: bool,
 ) -> None:
     """Add already-blurred images with known kernels (e.g. real photographs) to STORE.
@@ -151,12 +179,15 @@ def ingest(
     (im1_kernel2.png -> kernel2.npy), the same for sharp images; --pairs CSV
     states the pairs explicitly.
     """
-    from pipeline.ingest import run_ingest
-    from pipeline.store import Store
+    from pipeline.ingest import IngestConfig, run_ingest
+    from pipeline.store import persistent_store
 
+    config = IngestConfig(blurred, kernels, sharp, pairs, window, stride)
+    target = persistent_store(store)
     bar = Progress(0, "img", quiet, "ingest")
     try:
-        result = run_ingest(Store(store), blurred, kernels, sharp, pairs, window, stride, progress=bar)
+        with one_writer():
+            result = run_ingest(target, config, progress=bar, wait=wait)
     finally:
         bar.close()
     if result.added == 0:
@@ -175,12 +206,28 @@ def ingest(
     show_default=True,
     help="Similarity above which a window is good (for label summaries).",
 )
+@click.option(
+    "--check", is_flag=True, help="Also read every chunk the tables point to, and find chunks no row points to."
+)
+@click.option("--fix", is_flag=True, help="With --check: remove the chunks no row points to (after a full disk).")
+@WAIT
 @user_errors
-def info(store: str, as_json: bool, threshold: float) -> None:
-    """Summarise a dataset STORE: images, windows, kernels, sizes on disk, labelling progress."""
-    from pipeline.inventory import store_info
+def info(store: str, as_json: bool, threshold: float, check: bool, fix: bool, wait: bool) -> None:
+    """Summarise a dataset STORE: images, windows, kernels, sizes on disk, labelling progress.
 
+    --check reads every pixel the store's tables point to (as long as reading the whole store)
+    and exits 1 if any is missing, corrupt or not finite, or a labels shard is broken.
+    """
+    from pipeline.inventory import check_store, store_info
+    from pipeline.store import persistent_store
+
+    if fix and not check:
+        raise InputError("--fix: only with --check")
+    persistent_store(store)
     summary = store_info(store, threshold)
+    if check:
+        with one_writer():
+            summary["check"] = check_store(store, fix=fix, wait=wait)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -195,10 +242,35 @@ def info(store: str, as_json: bool, threshold: float) -> None:
         f"  kernels  {summary['kernels']} (sizes {summary['kernel_sizes']}); sharp images {summary['sharp_images']}"
     )
     disk = summary["disk_bytes"]
-    parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(disk.items()))
-    click.echo(f"  on disk  {sum(disk.values()) / 2**20:.1f} MiB ({parts})")
-    for est in summary.get("labels", []):
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in sorted(disk.items()))
+    click.echo(f"  on disk  {_size(sum(disk.values()))} ({parts})")
+    for est in summary["labels"]:
+        extra = f"; {est['duplicate_rows']} duplicate rows" if est["duplicate_rows"] else ""
+        extra += f"; {est['broken_shards']} broken shards" if est["broken_shards"] else ""
         click.echo(
             f"  labels   {est['estimator']}: {est['done']}/{est['total']} windows, "
-            f"positive rate {est['positive_rate']:.3f} at similarity > {threshold}"
+            f"positive rate {est['positive_rate']:.3f} at similarity > {threshold}{extra}"
         )
+    if check:
+        _report_check(summary["check"], fix)
+
+
+def _report_check(report: dict, fix: bool) -> None:
+    for p in report["problems"]:
+        click.echo(f"  image {p['image_id']}: {p['what']} pixels ({p['array']} row {p['row']}) {p['problem']}")
+    for path, why in report["broken_shards"].items():
+        click.echo(f"  broken labels shard {path}: {why}")
+    orphans = sum(report["orphans"].values())
+    if orphans:
+        where = ", ".join(f"{n} in {name}" for name, n in report["orphans"].items())
+        if fix:
+            click.echo(f"  removed {report['removed']} files no table row points to ({where})")
+        else:
+            click.echo(f"  {orphans} files no table row points to ({where}); --check --fix removes them")
+    if report["problems"] or report["broken_shards"]:
+        images = len({p["image_id"] for p in report["problems"]})
+        raise click.ClickException(
+            f"{report['url']}: {images} images with missing or unreadable pixels, "
+            f"{len(report['broken_shards'])} broken labels shards (listed above)"
+        )
+    click.echo(f"  check    every pixel of the {report['images']} images reads and is finite")

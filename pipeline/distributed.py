@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .files import InputError
-from .labels import ImageJob, LabelPlan, prepare_arrays, write_estimator_description, write_shard
+from .labels import (
+    ImageJob,
+    LabelPlan,
+    label_lock,
+    prepare_arrays,
+    without_done,
+    write_estimator_description,
+    write_shard,
+)
 from .store import Store
 
 __all__ = ["LabelRun", "RayOptions", "init_ray", "label_image", "run_labels"]
@@ -122,6 +130,9 @@ def init_ray(
 ) -> None:
     """Join the Ray cluster at ``address``, or start a local Ray sized to this machine; nothing if Ray is up.
 
+    Without an address a new local instance starts whatever else runs on the machine
+    (``address="local"``): ``ray.init()`` alone would join a cluster it finds through
+    ``RAY_ADDRESS`` or ``/tmp/ray`` and then refuse ``num_cpus``.
     ``dashboard=True`` leaves ``ray.init``'s default (the dashboard starts): Ray Train V2 needs
     its State API, or it logs an error every second of a ``fit()`` (``../shared/docs/stack.md``).
     """
@@ -135,6 +146,7 @@ def init_ray(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
+        address="local",
         num_cpus=len(os.sched_getaffinity(0)),
         include_dashboard=None if dashboard else False,
         logging_level=logging.WARNING,
@@ -164,24 +176,41 @@ def _pool_size(options: RayOptions) -> tuple[int, str, dict]:
 
 
 def run_labels(
-    store: Store, estimator: Any, plan: LabelPlan, options: RayOptions, progress: Callable[[int], None] | None = None
+    store: Store,
+    estimator: Any,
+    plan: LabelPlan,
+    options: RayOptions,
+    progress: Callable[[int], None] | None = None,
+    *,
+    wait: bool = False,
 ) -> LabelRun:
     """Compute every shard of ``plan`` on a Ray actor pool and publish each shard as it completes.
 
+    Holds the estimator's label lock (:func:`~pipeline.labels.label_lock`; a caller may hold it
+    already, from before it planned): another run for the same estimator raises
+    :class:`~pipeline.store.StoreBusy`, or with ``wait`` runs after it, and images that it
+    finished in the meantime are dropped from ``plan``.
     Workers are used only once they have started (a replacement for a worker lost
     with its node may wait for resources without holding up the others); an image
     whose worker dies is resubmitted, up to ``MAX_ATTEMPTS`` times.
     """
+    with label_lock(store, plan.estimator_id, wait):
+        return _run_labels_locked(store, estimator, without_done(store, plan), options, progress)
+
+
+def _run_labels_locked(
+    store: Store, estimator: Any, plan: LabelPlan, options: RayOptions, progress: Callable[[int], None] | None
+) -> LabelRun:
     import ray
 
     start = time.perf_counter()
     jobs = [j for _, shard in plan.shards for j in shard]
     if not jobs:
         return LabelRun(0, 0, 0, {}, 0.0, 0, "none")
+    init_ray(options.address, options.object_store_mb)
+    n_workers, device, request = _pool_size(options)  # a cluster without the GPUs asked for: before any write
     write_estimator_description(store, estimator)
     prepare_arrays(store, plan)
-    init_ray(options.address, options.object_store_mb)
-    n_workers, device, request = _pool_size(options)
     n_workers = min(n_workers, len(jobs))
     threads = max(1, int(request.get("num_cpus", 1))) if device == "cpu" else 1
     actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **request)(LabelWorker)

@@ -24,21 +24,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from kernels_gpu.kernels import fit_size
 
 from . import schema
-from .files import IMAGE_SUFFIXES, InputError, check_kernel, read_image, read_kernel_raw
-from .store import Store
+from .files import (
+    IMAGE_SUFFIXES,
+    KERNEL_SUFFIXES,
+    SUFFIX_PREFERENCE,
+    InputError,
+    check_kernel,
+    read_image,
+    read_kernel_raw,
+)
+from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, Store, check_window_grid, kernel_capacity
 
-__all__ = ["IngestResult", "run_ingest"]
+__all__ = ["IngestConfig", "IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
-
-KERNEL_SUFFIXES = {".npy", ".png", ".mat"}
-#: when a kernel comes in several formats (Levin's data ships .npy beside a .png preview)
-SUFFIX_PREFERENCE = {".npy": 0, ".mat": 1, ".tif": 2, ".tiff": 2, ".png": 3, ".jpg": 4, ".jpeg": 4}
 
 
 @dataclass(frozen=True)
@@ -114,27 +117,40 @@ def plan_pairs(
     return out
 
 
-def run_ingest(
-    store: Store,
-    blurred_dir: str,
-    kernel_dir: str,
-    sharp_dir: str | None = None,
-    pairs_csv: str | None = None,
-    window: int | None = None,
-    stride: int | None = None,
-    progress: Any = None,
-) -> IngestResult:
-    """Add every pair to ``store``.
+@dataclass(frozen=True)
+class IngestConfig:
+    """What one ``ingest`` run adds: the folders, the optional pairs CSV, the window grid of a new store."""
+
+    blurred: str
+    kernels: str
+    sharp: str | None = None
+    pairs: str | None = None  # CSV with columns blurred,kernel[,sharp]
+    window: int | None = None  # None: the store's, or DEFAULT_WINDOW for a new store
+    stride: int | None = None
+
+    def run_record(self) -> dict[str, Any]:
+        return {"blurred": self.blurred, "kernels": self.kernels, "sharp": self.sharp, "pairs": self.pairs}
+
+
+def run_ingest(store: Store, config: IngestConfig, progress: Any = None, *, wait: bool = False) -> IngestResult:
+    """Add every pair of ``config`` to ``store``, holding its writer lock (as ``run_synth``).
 
     A new store gets the window grid ``window``/``stride`` (default 228/20); an
     existing store keeps its own, and values given must match it.
     """
+    bdir, kdir = pathlib.Path(config.blurred), pathlib.Path(config.kernels)
+    sdir = pathlib.Path(config.sharp) if config.sharp else None
+    triples = plan_pairs(bdir, kdir, sdir, pathlib.Path(config.pairs) if config.pairs else None)
+    with store.lock(wait=wait, command="ingest"):
+        return _ingest_locked(store, config, triples, progress)
+
+
+def _ingest_locked(store: Store, config: IngestConfig, triples: list, progress: Any) -> IngestResult:
     import pyarrow.compute as pc
 
-    bdir, kdir = pathlib.Path(blurred_dir), pathlib.Path(kernel_dir)
-    sdir = pathlib.Path(sharp_dir) if sharp_dir else None
-    triples = plan_pairs(bdir, kdir, sdir, pathlib.Path(pairs_csv) if pairs_csv else None)
-
+    bdir, kdir = pathlib.Path(config.blurred), pathlib.Path(config.kernels)
+    sdir = pathlib.Path(config.sharp) if config.sharp else None
+    window, stride = config.window, config.stride
     if store.is_store():
         manifest = store.manifest()
         grid = manifest["window"]
@@ -144,9 +160,10 @@ def run_ingest(
         images = store.images()
     else:
         manifest, images = None, schema.empty(schema.IMAGES)
-        window = 228 if window is None else window
-        stride = 20 if stride is None else stride
-    capacity = manifest["kernel_capacity"] if manifest else window - 1 + window % 2
+        window = DEFAULT_WINDOW if window is None else window
+        stride = DEFAULT_STRIDE if stride is None else stride
+        check_window_grid(window, stride)
+    capacity = manifest["kernel_capacity"] if manifest else kernel_capacity(window)
     stored_blurred = {
         b: (a, i)
         for b, a, i in zip(
@@ -246,22 +263,14 @@ def run_ingest(
     for name, index, pixels in writes:
         rows_needed = max(sizes.get(name, (0, ()))[0], index + 1)
         sizes[name] = (rows_needed, pixels.shape)
-    arrays = {name: store.ensure_array(name, n, shape) for name, (n, shape) in sizes.items()}
     if progress is not None and hasattr(progress, "set_total"):
         progress.set_total(len(rows))
-    for name, index, pixels in writes:
-        arrays[name][index] = pixels
-        if progress is not None and name.startswith("blurred/"):
-            progress(1)
 
-    store.write_images(pa.concat_tables([images, pa.Table.from_pylist(rows, schema=schema.IMAGES)]))
-    manifest = store.manifest()
-    run = {
-        "blurred": str(bdir),
-        "kernels": str(kdir),
-        "sharp": str(sdir) if sdir else None,
-        "pairs": str(pairs_csv) if pairs_csv else None,
-    }
-    manifest["runs"] = [*manifest.get("runs", []), {"command": "ingest", "config": run, "images_added": len(rows)}]
-    store.write_manifest(manifest)
+    def write_pixels(arrays: dict[str, Any]) -> None:
+        for name, index, pixels in writes:
+            arrays[name][index] = pixels
+            if progress is not None and name.startswith("blurred/"):
+                progress(1)
+
+    store.append_images(images, rows, sizes, write_pixels, {"command": "ingest", "config": config.run_record()})
     return IngestResult(len(rows), len(triples) - len(todo))

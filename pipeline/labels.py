@@ -14,14 +14,23 @@ its marker exists; a Parquet file without a marker (a crash between the two
 writes) is adopted on the next plan.  Files whose names start with ``_`` or
 ``.`` are ignored by ``pyarrow.dataset``, so readers only ever see complete shards.
 
+One ``label`` run per estimator writes at a time (:func:`label_lock`).  The plan verifies
+every shard it relies on (a footer that reads, the marker's row count): a broken shard is
+moved to ``_broken/`` beside the others, its marker removed, and its images are labelled
+again.  Readers count each (image, window) key of an estimator once, even in a store that
+holds duplicates (from versions without the lock), and report broken shards by name.
+
 No Ray here: this module is the store side of labelling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import math
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,16 +40,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema
-from .store import Store
+from .files import InputError
+from .store import Store, kernel_capacity
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "KERNEL_MARGIN",
     "ImageJob",
     "LabelPlan",
     "estimate_kernel_size",
+    "label_lock",
     "label_summaries",
     "plan_labels",
     "read_labels",
+    "resolve_estimator_id",
+    "verify_shards",
     "write_shard",
 ]
 
@@ -48,15 +63,60 @@ __all__ = [
 KERNEL_MARGIN = 4
 
 
-def estimate_kernel_size(true_size: int, window: int) -> int:
-    """Odd kernel size the estimator is asked for on windows of ``window`` px."""
+def estimate_kernel_size(true_size: int, window: int | None = None) -> int:
+    """Odd kernel size an estimator is asked for: the true size + ``KERNEL_MARGIN``, capped by the window.
+
+    The one home of Cho & Lee's "true size + 4" (labelling, evaluation, the demo); ``window=None``
+    for a whole image.
+    """
     size = true_size + KERNEL_MARGIN
     size += 1 - size % 2
-    return min(size, window - 1 + window % 2)
+    return size if window is None else min(size, kernel_capacity(window))
 
 
 def label_dir(estimator_id: str) -> str:
     return f"labels/estimator={estimator_id}"
+
+
+def label_lock(store: Store, estimator_id: str, wait: bool = False) -> contextlib.AbstractContextManager:
+    """The writer lock of ``estimator_id``'s labels in ``store`` (one ``label`` run per estimator at a time)."""
+    return store.lock(f"label-{estimator_id}", wait=wait, command=f"label {estimator_id}")
+
+
+def check_threshold(threshold: float) -> float:
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
+        raise InputError(f"threshold: must be a finite number (a similarity, e.g. 0.75), got {threshold}")
+    return float(threshold)
+
+
+def resolve_estimator_id(store: Store, name_or_id: str) -> str:
+    """The estimator id of ``name_or_id`` among those with labels in ``store``.
+
+    An id is returned as it is; a registered name (``l0grad``) resolves to the one id of that
+    name that has labels; several versions or parameter sets are an error listing them.
+    """
+    ids = labelled_estimators(store)
+    if name_or_id in ids:
+        return name_or_id
+    matching = [i for i in ids if i.split("@", 1)[0] == name_or_id]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise InputError(
+            f"estimator: the store has labels of several {name_or_id!r} estimators ({', '.join(matching)}); "
+            "name one of these ids"
+        )
+    have = f"it has labels of {', '.join(ids)}" if ids else "it has no labels yet"
+    raise InputError(f"estimator: the store has no labels for {name_or_id!r} ({have}); run goodregions label first")
+
+
+def labelled_estimators(store: Store) -> list[str]:
+    """Ids of the estimators with a labels folder in ``store``, sorted."""
+    root = store.path("labels")
+    if not store.fs.exists(root):
+        return []
+    names = [posixpath.basename(p) for p in store.fs.ls(root, detail=False)]
+    return sorted(n[len("estimator=") :] for n in names if n.startswith("estimator="))
 
 
 @dataclass(frozen=True)
@@ -104,8 +164,62 @@ def _markers(store: Store, estimator_id: str) -> dict[str, dict]:
     for path in store.fs.ls(folder, detail=False):
         name = posixpath.basename(path)
         if name.endswith(".json") and not name.startswith("."):
-            out[name[: -len(".json")]] = json.loads(store.fs.cat_file(path))
+            try:
+                out[name[: -len(".json")]] = json.loads(store.fs.cat_file(path))
+            except (ValueError, UnicodeDecodeError):  # a torn marker: its shard is adopted or relabelled
+                continue
     return out
+
+
+def _shard_files(store: Store, estimator_id: str) -> dict[str, str]:
+    """Shard name -> path of every published Parquet shard of the estimator."""
+    folder = store.path(label_dir(estimator_id))
+    if not store.fs.exists(folder):
+        return {}
+    out = {}
+    for path in store.fs.ls(folder, detail=False):
+        name = posixpath.basename(path)
+        if name.startswith("shard-") and name.endswith(".parquet"):
+            out[name[: -len(".parquet")]] = path
+    return out
+
+
+def _shard_rows(store: Store, path: str) -> int:
+    """Rows of a shard from its footer; raises on a file that is not (or no longer) Parquet."""
+    with store.fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def verify_shards(store: Store, estimator_id: str) -> tuple[list[str], dict[str, str]]:
+    """Paths of the readable shards, and the broken ones (path -> why): no footer, or fewer rows than marked."""
+    markers = _markers(store, estimator_id)
+    good, broken = [], {}
+    for name, path in sorted(_shard_files(store, estimator_id).items()):
+        try:
+            rows = _shard_rows(store, path)
+        except Exception as exc:  # pyarrow: ArrowInvalid "Parquet magic bytes not found", OSError ...
+            text = str(exc).strip().splitlines()
+            broken[path] = f"not a readable Parquet file ({type(exc).__name__}: {text[0] if text else ''})"
+            continue
+        expected = markers.get(name, {}).get("windows")
+        if expected is not None and rows != expected:
+            broken[path] = f"holds {rows} rows, its done marker says {expected}"
+            continue
+        good.append(path)
+    return good, broken
+
+
+def _set_aside(store: Store, estimator_id: str, broken: dict[str, str]) -> None:
+    """Move broken shards to ``_broken/`` (kept for inspection) and drop their markers: their images are redone."""
+    for path, why in broken.items():
+        name = posixpath.basename(path)[: -len(".parquet")]
+        aside = store.path(label_dir(estimator_id), "_broken", f"{name}.parquet")
+        store.fs.makedirs(posixpath.dirname(aside), exist_ok=True)
+        store.fs.mv(path, aside)
+        marker = store.path(label_dir(estimator_id), "_done", f"{name}.json")
+        if store.fs.exists(marker):
+            store.fs.rm(marker)
+        log.warning("%s: %s; moved to %s, its images will be labelled again", path, why, aside)
 
 
 def _adopt_orphans(store: Store, estimator_id: str, markers: dict[str, dict]) -> None:
@@ -117,8 +231,11 @@ def _adopt_orphans(store: Store, estimator_id: str, markers: dict[str, dict]) ->
         name = posixpath.basename(path)
         if not (name.startswith("shard-") and name.endswith(".parquet")) or name[: -len(".parquet")] in markers:
             continue
-        with store.fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, columns=["image_id"])
+        try:
+            with store.fs.open(path, "rb") as fh:
+                table = pq.read_table(fh, columns=["image_id"])
+        except Exception:  # a broken orphan is left to verify_shards, which sets it aside
+            continue
         ids = sorted(set(table["image_id"].to_pylist()))
         marker = {
             "shard": name[: -len(".parquet")],
@@ -144,12 +261,18 @@ def done_images(store: Store, estimator_id: str) -> tuple[set[int], dict[int, st
 
 
 def plan_labels(store: Store, estimator: Any, shard_images: int) -> LabelPlan:
-    """The shards of images that still lack rows for ``estimator`` (a registry Estimator)."""
+    """The shards of images that still lack rows for ``estimator`` (a registry Estimator).
+
+    Broken shards are set aside first (:func:`verify_shards`), so their images are planned again.
+    Hold :func:`label_lock` from planning to the end of the run.
+    """
     from .windows import window_count
 
     manifest = store.manifest()
     grid = manifest["window"]
     images = store.images()
+    _, broken = verify_shards(store, estimator.id)
+    _set_aside(store, estimator.id, broken)
     done, _ = done_images(store, estimator.id)
     shards: dict[int, list[ImageJob]] = {}
     total_windows = done_windows = 0
@@ -171,9 +294,27 @@ def plan_labels(store: Store, estimator: Any, shard_images: int) -> LabelPlan:
         shards.setdefault(row["image_id"] // shard_images, []).append(job)
     plan = LabelPlan(estimator.id, images.num_rows, total_windows, len(done), done_windows)
     for s, jobs in sorted(shards.items()):
-        digest = hashlib.sha1(",".join(str(j.image_id) for j in jobs).encode()).hexdigest()[:10]
-        plan.shards.append((f"shard-{s:06d}-{digest}", jobs))
+        plan.shards.append((shard_name(s, jobs), jobs))
     return plan
+
+
+def shard_name(index: int, jobs: list[ImageJob]) -> str:
+    """``shard-<index>-<hash of its image ids>``: the same work always gets the same name."""
+    digest = hashlib.sha1(",".join(str(j.image_id) for j in jobs).encode()).hexdigest()[:10]
+    return f"shard-{index:06d}-{digest}"
+
+
+def without_done(store: Store, plan: LabelPlan) -> LabelPlan:
+    """``plan`` less the images that have rows by now (another run finished them after it was made)."""
+    done, _ = done_images(store, plan.estimator_id)
+    if not any(j.image_id in done for _, jobs in plan.shards for j in jobs):
+        return plan
+    out = LabelPlan(plan.estimator_id, plan.total_images, plan.total_windows, len(done), plan.done_windows)
+    for name, jobs in plan.shards:
+        left = [j for j in jobs if j.image_id not in done]
+        if left:
+            out.shards.append((name if len(left) == len(jobs) else shard_name(int(name.split("-")[1]), left), left))
+    return out
 
 
 def prepare_arrays(store: Store, plan: LabelPlan) -> None:
@@ -228,23 +369,48 @@ def write_shard(store: Store, estimator_id: str, shard: str, results: list[dict]
     store.write_bytes(f"{label_dir(estimator_id)}/_done/{shard}.json", json.dumps(marker, sort_keys=True).encode())
 
 
-def read_labels(store: Store, estimator_id: str | None = None, threshold: float | None = None) -> pa.Table:
-    """Label rows (all estimators, or one) with an ``estimator`` column; ``label`` at ``threshold`` if given."""
+def read_labels(
+    store: Store,
+    estimator_id: str | None = None,
+    threshold: float | None = None,
+    *,
+    broken: str = "raise",
+    duplicates: dict[str, int] | None = None,
+) -> pa.Table:
+    """Label rows (all estimators, or one) with an ``estimator`` column; ``label`` at ``threshold`` if given.
+
+    Each (image, window, estimator) key appears once: of several rows for a key (a store written
+    without the lock) the first, in shard-name order, is kept; ``duplicates`` (a dict) receives
+    the count of rows left out per estimator.  A broken shard raises an :class:`InputError` naming
+    it (``broken="raise"``) or is left out (``"skip"``).
+    """
     import pyarrow.dataset as ds
 
-    root = store.path("labels")
-    if not store.fs.exists(root):
-        table = schema.empty(schema.LABELS).append_column("estimator", pa.array([], pa.string()))
+    if threshold is not None:
+        check_threshold(threshold)
+    ids = [estimator_id] if estimator_id else labelled_estimators(store)
+    files: list[str] = []
+    for eid in ids:
+        good, bad = verify_shards(store, eid)
+        if bad and broken == "raise":
+            path, why = sorted(bad.items())[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise InputError(f"{path}: broken labels shard{more}: {why}; run goodregions label to relabel its images")
+        files += good
+    full = schema.LABELS.append(pa.field("estimator", pa.string()))
+    if not files:
+        table = schema.empty(full)
     else:
         dataset = ds.dataset(
-            root,
+            files,
             format="parquet",
-            partitioning="hive",
             filesystem=store.fs,
-            schema=schema.LABELS.append(pa.field("estimator", pa.string())),
+            partitioning=ds.partitioning(pa.schema([pa.field("estimator", pa.string())]), flavor="hive"),
+            partition_base_dir=store.path("labels"),
+            schema=full,
         )
-        flt = ds.field("estimator") == estimator_id if estimator_id else None
-        table = dataset.to_table(filter=flt)
+        table = dataset.to_table()
+    table = _first_per_key(table, duplicates)
     if threshold is not None:
         import pyarrow.compute as pc
 
@@ -252,32 +418,53 @@ def read_labels(store: Store, estimator_id: str | None = None, threshold: float 
     return table
 
 
+def _first_per_key(table: pa.Table, duplicates: dict[str, int] | None) -> pa.Table:
+    """Keep the first row of each (estimator, image, window) key, in the table's order."""
+    if table.num_rows == 0:
+        return table
+    estimators, codes = np.unique(table["estimator"].to_numpy(zero_copy_only=False), return_inverse=True)
+    keys = np.stack([codes, table["image_id"].to_numpy(), table["window_id"].to_numpy().astype(np.int64)], axis=1)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    if len(first) == table.num_rows:
+        return table
+    first.sort()
+    if duplicates is not None:
+        kept = np.bincount(codes[first], minlength=len(estimators))
+        total = np.bincount(codes, minlength=len(estimators))
+        for name, extra in zip(estimators, total - kept, strict=True):
+            if extra:
+                duplicates[str(name)] = duplicates.get(str(name), 0) + int(extra)
+    return table.take(first)
+
+
 def label_summaries(store: Store, threshold: float = 0.75) -> list[dict[str, Any]]:
-    """Per estimator: windows done / total, positive rate at ``threshold``, throughput, time left, failures."""
+    """Per estimator: windows done / total, positive rate at ``threshold``, similarity quartiles,
+    throughput, time left, failures, duplicate rows and broken shards.
+
+    Refuses a location that is not a store, as every other reader does.
+    """
     from .windows import windows_table
 
-    root = store.path("labels")
-    if not store.fs.exists(root):
-        return []
+    check_threshold(threshold)
     grid = store.manifest()["window"]
     images = store.images()
     total = windows_table(images, grid["size"], grid["stride"]).num_rows
     out = []
-    for path in sorted(store.fs.ls(root, detail=False)):
-        name = posixpath.basename(path)
-        if not name.startswith("estimator="):
-            continue
-        estimator_id = name[len("estimator=") :]
+    for estimator_id in labelled_estimators(store):
         markers = _markers(store, estimator_id)
         _adopt_orphans(store, estimator_id, markers)
-        labels = read_labels(store, estimator_id)
+        duplicates: dict[str, int] = {}
+        labels = read_labels(store, estimator_id, broken="skip", duplicates=duplicates)
+        _, broken = verify_shards(store, estimator_id)
         done = labels.num_rows
-        positives = int(np.count_nonzero(labels["similarity"].to_numpy() > threshold)) if done else 0
+        sims = labels["similarity"].to_numpy()
+        positives = int(np.count_nonzero(sims > threshold)) if done else 0
         starts = [m["started"] for m in markers.values() if "started" in m]
         ends = [m["finished"] for m in markers.values() if "finished" in m]
         wall = (max(ends) - min(starts)) if starts and ends else 0.0
         rate = done / wall if wall > 0 else None
         _, failed = done_images(store, estimator_id)
+        quartiles = [float(q) for q in np.quantile(sims, [0.25, 0.5, 0.75])] if done else None
         out.append({
             "estimator": estimator_id,
             "done": done,
@@ -285,8 +472,11 @@ def label_summaries(store: Store, threshold: float = 0.75) -> list[dict[str, Any
             "positive_rate": positives / done if done else 0.0,
             "threshold": threshold,
             "windows_per_second": rate,
-            "seconds_left": (total - done) / rate if rate else None,
-            "median_similarity": float(np.median(labels["similarity"].to_numpy())) if done else None,
+            "seconds_left": max(total - done, 0) / rate if rate else None,
+            "median_similarity": quartiles[1] if quartiles else None,
+            "similarity_quartiles": quartiles,
             "failed_images": {str(k): v for k, v in sorted(failed.items())},
+            "duplicate_rows": duplicates.get(estimator_id, 0),
+            "broken_shards": dict(sorted(broken.items())),
         })  # fmt: skip
     return out

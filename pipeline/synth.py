@@ -33,7 +33,7 @@ from kernels_gpu.kernels import fit_size
 
 from . import schema
 from .files import IMAGE_SUFFIXES, InputError, read_image
-from .store import Store
+from .store import Store, check_window_grid
 
 __all__ = ["SynthConfig", "SynthResult", "run_synth"]
 
@@ -64,6 +64,7 @@ class SynthConfig:
             raise InputError(f"kernel_sizes: need odd sizes 3 <= MIN <= MAX, got {lo}:{hi}")
         if self.size < 3:
             raise InputError(f"size: must be >= 3, got {self.size}")
+        check_window_grid(self.window, self.stride)  # before anything that divides by or compares with them
         if self.window > self.size:
             raise InputError(f"window/size: windows of {self.window} px are larger than the images ({self.size} px)")
         # folder kernels are checked one by one when they are read
@@ -99,9 +100,10 @@ class SynthConfig:
 @dataclass(frozen=True)
 class SynthResult:
     added: int
-    existing: int
-    planned: int
+    existing: int  # images the store held before the run
+    planned: int  # pairs this run asked for
     seconds: float
+    already: int = 0  # of the pairs asked, those the store already held
 
 
 # ------------------------------------------------------------------------ sources
@@ -252,16 +254,37 @@ def _next_index(images: pa.Table, array_column: str, index_column: str, name: st
     return int(pc.max(rows[index_column]).as_py()) + 1 if rows.num_rows else 0
 
 
-def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None] | None = None) -> SynthResult:
-    """Add every missing (sharp, kernel) pair of ``config`` to ``store``; see the module docstring."""
-    import time
+def run_synth(
+    store: Store, config: SynthConfig, progress: Callable[[int], None] | None = None, *, wait: bool = False
+) -> SynthResult:
+    """Add every missing (sharp, kernel) pair of ``config`` to ``store``; see the module docstring.
 
-    import pyarrow.compute as pc
+    Holds the store's writer lock (:meth:`Store.lock`) from reading the images table to
+    recording the run: a concurrent ``synth`` or ``ingest`` raises :class:`~pipeline.store.StoreBusy`,
+    or with ``wait`` runs after it and sees its images.
+    """
+    import time
 
     start = time.perf_counter()
     sharps = sharp_sources(config)
     kernels = kernel_sources(config)
     pairs = _select_pairs(len(sharps), len(kernels), config.pairs, config.seed)
+    with store.lock(wait=wait, command="synth"):
+        return _synth_locked(store, config, sharps, kernels, pairs, progress, start)
+
+
+def _synth_locked(
+    store: Store,
+    config: SynthConfig,
+    sharps: list[tuple[str, Callable[[], np.ndarray]]],
+    kernels: list[tuple[str, np.ndarray]],
+    pairs: list[tuple[int, int]],
+    progress: Callable[[int], None] | None,
+    start: float,
+) -> SynthResult:
+    import time
+
+    import pyarrow.compute as pc
 
     # validate everything before the first write: a bad input leaves the store as it was
     if store.is_store():
@@ -290,8 +313,9 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
         pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
     stored_kernels = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
     _check_stored_sources(store, stored_kernels, stored_sharps, sharps, kernels, pictures, config)
+    already = len(pairs) - len(todo)
     if not todo:
-        return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start)
+        return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start, already)
     manifest = store.create(config.window, config.stride)
 
     capacity = manifest["kernel_capacity"]
@@ -342,25 +366,28 @@ def run_synth(store: Store, config: SynthConfig, progress: Callable[[int], None]
             _Task(store, config, sharp_key, s_array, s_index, write_sharp, blurred_name, tuple(jobs), pictures[i])
         )
 
-    # arrays first (metadata, by this process only), then pixels, then the tables that make them visible
     if progress is not None and hasattr(progress, "set_total"):
         progress.set_total(len(rows))
-    store.ensure_array(blurred_name, next_blurred, (config.size, config.size))
-    store.ensure_array(sharp_name, next_sharp, (config.size, config.size))
-    kernel_array = store.ensure_array("kernels", next_kernel, (capacity, capacity))
-    for row, k in used_kernels.items():
-        if row >= first_new_kernel:  # kernels already in the store belong to their images: never rewritten
-            kernel_array[row] = fit_size(k, capacity)
-    _execute(tasks, used_kernels, config, store, progress)
 
-    table = pa.concat_tables([images, pa.Table.from_pylist(rows, schema=images.schema)])
-    store.write_images(table)
-    manifest = store.manifest()
-    manifest["synth"] = {**(manifest.get("synth") or {}), **config.store_settings()}
-    run = {k: v for k, v in asdict(config).items() if k != "workers"}
-    manifest["runs"] = [*manifest.get("runs", []), {"command": "synth", "config": run, "images_added": len(rows)}]
-    store.write_manifest(manifest)
-    return SynthResult(len(rows), images.num_rows, len(pairs), time.perf_counter() - start)
+    def write_pixels(arrays: dict[str, Any]) -> None:
+        for row, k in used_kernels.items():
+            if row >= first_new_kernel:  # kernels already in the store belong to their images: never rewritten
+                arrays["kernels"][row] = fit_size(k, capacity)
+        _execute(tasks, used_kernels, config, store, progress)
+
+    store.append_images(
+        images,
+        rows,
+        {
+            blurred_name: (next_blurred, (config.size, config.size)),
+            sharp_name: (next_sharp, (config.size, config.size)),
+            "kernels": (next_kernel, (capacity, capacity)),
+        },
+        write_pixels,
+        {"command": "synth", "config": {k: v for k, v in asdict(config).items() if k != "workers"}},
+        synth=config.store_settings(),
+    )
+    return SynthResult(len(rows), images.num_rows, len(pairs), time.perf_counter() - start, already)
 
 
 def _source_path(folder: str, key: str) -> str:

@@ -166,7 +166,9 @@ def test_ingest_into_a_synth_store_of_another_size(tmp_path, kernels):
 
     # synth again with every pair: the photographs' pairs are not taken for synthesised ones
     result = ok(*synth[:-3], "-q")
-    assert "added 26 images (32 pairs asked, 10 already there)" in result.output
+    # "already there" counts this run's pairs the store held (6), not the store's images (10: 4 are photographs)
+    assert "added 26 images (32 pairs asked, 6 already there)" in result.output
+    assert "now holds 36 images" in result.output
     images = _images(store)
     assert sum(r["origin"] == "synth" for r in images) == 32
     assert {r["sharp_array"] for r in images if r["origin"] == "synth"} == {f"sharp/{SIZE}x{SIZE}"}

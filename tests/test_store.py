@@ -16,7 +16,18 @@ from pipeline.files import InputError
 from pipeline.store import Store
 from pipeline.windows import axis_starts, grid, window_count
 from tests.levin import LEVIN
-from tests.stores import MARGIN, SIZE, SMALL, STRIDE, WINDOW, WINDOWS_PER_SMALL_IMAGE, cli, ok, snapshot
+from tests.stores import (
+    MARGIN,
+    SIZE,
+    SMALL,
+    STRIDE,
+    WINDOW,
+    WINDOWS_PER_SMALL_IMAGE,
+    cli,
+    ok,
+    one_line_error,
+    snapshot,
+)
 
 # ------------------------------------------------------------------ window rule
 
@@ -233,6 +244,7 @@ def test_info_json_numbers(known_store):
         "sharp_images": 4,
         "disk_bytes": on_disk,
         "runs": 1,
+        "labels": [],
     }
     assert set(on_disk) == {
         "manifest.json",
@@ -250,21 +262,29 @@ def test_info_json_numbers(known_store):
 # ------------------------------------------------------------------ fsspec URLs
 
 
-def test_memory_url_store():
+def test_memory_url_store_through_the_api_and_refused_by_the_cli():
     import fsspec
 
+    from pipeline.inventory import store_info
+    from pipeline.synth import SynthConfig, run_synth
+
     url = f"memory://goodregions-test-{uuid.uuid4().hex}"
+    config = SynthConfig(
+        sharp="builtin", num_kernels=2, kernel_sizes=(11, 25), size=SIZE, window=WINDOW, stride=STRIDE, pairs=5
+    )
     try:
-        result = ok("synth", url, *SMALL, "--num-kernels", 2, "--pairs", 5, "-q")
-        assert "added 5 images" in result.output
-        assert "nothing to do" in ok("synth", url, *SMALL, "--num-kernels", 2, "--pairs", 5, "-q").output
-        summary = json.loads(ok("info", url, "--json").output)
-        assert summary["images"] == 5 and summary["windows"] == 5 * WINDOWS_PER_SMALL_IMAGE
-        assert summary["disk_bytes"]["blurred"] > 0
         store = Store(url)
         assert not store.is_local
+        assert run_synth(store, config).added == 5  # the writer lock is a lease object here
+        assert run_synth(store, config).added == 0
+        summary = store_info(url)
+        assert summary["images"] == 5 and summary["windows"] == 5 * WINDOWS_PER_SMALL_IMAGE
+        assert summary["disk_bytes"]["blurred"] > 0 and not [k for k in summary["disk_bytes"] if k.startswith(".")]
         pixels = store.array(f"blurred/{SIZE}x{SIZE}")[:]
         assert pixels.shape == (5, SIZE, SIZE) and np.isfinite(pixels).all()
+        # each command is its own process: a memory:// store would vanish with it
+        for command in ("synth", "info", "status", "label"):
+            one_line_error(cli(command, url), url, "memory://")
     finally:
         fs = fsspec.filesystem("memory")
         root = url.removeprefix("memory://")
