@@ -15,7 +15,17 @@ import numpy as np
 
 from pipeline.files import atomic_path
 
-__all__ = ["plot_er_curve", "plot_history", "plot_psnr_gain", "plot_selection", "psnr_reference"]
+__all__ = [
+    "er_curve_figure",
+    "history_figure",
+    "plot_er_curve",
+    "plot_history",
+    "plot_psnr_gain",
+    "plot_selection",
+    "psnr_gain_figure",
+    "psnr_reference",
+    "selection_figure",
+]
 
 DPI = 100
 
@@ -44,10 +54,15 @@ def _style(name: str) -> dict[str, Any]:
 
 
 def plot_er_curve(frame: Any, path: str | pathlib.Path, title: str = "") -> None:
+    """Write :func:`er_curve_figure`."""
+    _save(er_curve_figure(frame, title), path)
+
+
+def er_curve_figure(frame: Any, title: str = "") -> Any:
     """The paper's Fig. 8: per selector, the fraction of images whose error ratio is at most x.
 
-    ``frame``: a pandas frame with ``selector`` and ``error_ratio`` columns (rows with ground truth);
-    selectors in their order of appearance.
+    ``frame``: a pandas frame with ``image``, ``selector`` and ``error_ratio`` columns (rows with
+    ground truth); selectors in their order of appearance.
     """
     plt = _pyplot()
     names = list(dict.fromkeys(frame["selector"]))
@@ -64,7 +79,7 @@ def plot_er_curve(frame: Any, path: str | pathlib.Path, title: str = "") -> None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(names) > 6 else 1, loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def psnr_reference(names: list[str]) -> str:
@@ -73,15 +88,24 @@ def psnr_reference(names: list[str]) -> str:
 
 
 def plot_psnr_gain(frame: Any, path: str | pathlib.Path) -> bool:
+    """Write :func:`psnr_gain_figure`; False (nothing written) when there is no other selector to compare."""
+    fig = psnr_gain_figure(frame)
+    if fig is None:
+        return False
+    _save(fig, path)
+    return True
+
+
+def psnr_gain_figure(frame: Any) -> Any:
     """Each selector's PSNR gain over a reference selector, per image, sorted: one curve per selector.
 
     The x axis is the fraction of images (so the figure reads the same for 5 images or 500); the
     legend gives each selector's median gain.  ``frame`` has ``image``, ``selector`` and ``psnr``.
-    False (nothing written) when there is no other selector to compare.
+    None when there is no other selector to compare.
     """
     names = list(dict.fromkeys(frame["selector"]))
     if len(names) < 2:
-        return False
+        return None
     reference = psnr_reference(names)
     table = frame.pivot_table(index="image", columns="selector", values="psnr", aggfunc="first")
     plt = _pyplot()
@@ -104,13 +128,17 @@ def plot_psnr_gain(frame: Any, path: str | pathlib.Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(names) > 6 else 1, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
-    return True
+    return fig
 
 
 def plot_selection(
     path: str | pathlib.Path, image: np.ndarray, heat: np.ndarray, box: tuple[int, int, int, int], title: str
 ) -> None:
+    """Write :func:`selection_figure`."""
+    _save(selection_figure(image, heat, box, title), path)
+
+
+def selection_figure(image: np.ndarray, heat: np.ndarray, box: tuple[int, int, int, int], title: str) -> Any:
     """The image with the windows' scores overlaid (colours span the scores' range) and the chosen box."""
     from matplotlib.patches import Rectangle
 
@@ -130,10 +158,15 @@ def plot_selection(
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(f"P(good window), mean over covering windows: {low:.2f} to {high:.2f}", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def plot_history(path: str | pathlib.Path, history: list[dict], estimator: str, threshold: float) -> None:
+    """Write :func:`history_figure`."""
+    _save(history_figure(history, estimator, threshold), path)
+
+
+def history_figure(history: list[dict], estimator: str, threshold: float) -> Any:
     """Three panels per epoch: training and validation loss; validation ROC AUC; the selection similarity."""
     from matplotlib.ticker import MaxNLocator
 
@@ -163,4 +196,4 @@ def plot_history(path: str | pathlib.Path, history: list[dict], estimator: str, 
         ax.grid(alpha=0.3)
     fig.suptitle(f"window classifier: labels {estimator}, good when similarity > {threshold}", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
