@@ -6,14 +6,16 @@ device and a NumPy array never touches CuPy.  CuPy is imported lazily, the first
 time a caller asks for the GPU, so importing this package never needs a GPU or
 even CuPy.
 
+The CPU FFTs (``scipy.fft``) use every core this process may use, or the count set
+for a block of code by :func:`fft_workers` (the estimators' ``fft_workers=`` argument),
+so that several workers sharing a machine each keep to their share.
+
 Environment:
 
 ``GOODREGIONS_FORCE_CPU=1``
     Pretend CuPy is absent: :func:`gpu_available` is False and
     :func:`to_device` with ``"gpu"`` raises.  Useful on machines whose CuPy
     build does not match the driver.
-``GOODREGIONS_FFT_WORKERS``
-    Threads for ``scipy.fft`` (default: all cores).
 ``GOODREGIONS_CUPY_PLAN_CACHE``
     Size of CuPy's cuFFT plan cache per device (default 16 plans); the cache
     is unbounded in CuPy's default, which grows without limit when pyramid
@@ -22,8 +24,11 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -31,11 +36,10 @@ import numpy as np
 import scipy.fft
 
 __all__ = [
+    "fft_threads",
     "fft_workers",
-    "fftn",
     "get_array_module",
     "gpu_available",
-    "ifftn",
     "irfft2",
     "ndimage",
     "next_fast_len",
@@ -125,12 +129,37 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def fft_workers() -> int:
-    """Threads for scipy.fft: ``GOODREGIONS_FFT_WORKERS`` or every core we may use."""
-    env = os.environ.get("GOODREGIONS_FFT_WORKERS")
-    if env:
-        return max(1, int(env))
-    return _usable_cores()
+_FFT_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("fft_workers", default=None)
+
+
+@contextlib.contextmanager
+def fft_workers(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` threads per CPU FFT (``None``: leave the current count).
+
+    >>> with fft_workers(1):
+    ...     fft_threads()
+    1
+    """
+    if count is None:
+        yield
+        return
+    if int(count) < 1:
+        raise ValueError(f"fft_workers must be >= 1, got {count}")
+    token = _FFT_WORKERS.set(int(count))
+    try:
+        yield
+    finally:
+        _FFT_WORKERS.reset(token)
+
+
+def fft_threads() -> int:
+    """Threads of each CPU FFT here: the count of the enclosing :func:`fft_workers`, else every usable core.
+
+    >>> fft_threads() >= 1
+    True
+    """
+    count = _FFT_WORKERS.get()
+    return _usable_cores() if count is None else count
 
 
 def next_fast_len(n: int) -> int:
@@ -158,7 +187,7 @@ def prev_fast_len(n: int) -> int:
 
 def _fft_module(x: Any) -> tuple[ModuleType, dict]:
     if get_array_module(x) is np:
-        return scipy.fft, {"workers": fft_workers()}
+        return scipy.fft, {"workers": fft_threads()}
     import cupyx.scipy.fft
 
     return cupyx.scipy.fft, {}
@@ -178,15 +207,3 @@ def irfft2(x: Any, s: tuple[int, int], overwrite: bool = False) -> Any:
     """
     mod, kw = _fft_module(x)
     return mod.irfft2(x, s=s, axes=(-2, -1), overwrite_x=overwrite, **kw)
-
-
-def fftn(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
-    """Complex FFT over ``axes``."""
-    mod, kw = _fft_module(x)
-    return mod.fftn(x, axes=axes, **kw)
-
-
-def ifftn(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
-    """Inverse complex FFT over ``axes``."""
-    mod, kw = _fft_module(x)
-    return mod.ifftn(x, axes=axes, **kw)

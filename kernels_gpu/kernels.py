@@ -1,4 +1,4 @@
-"""Kernel utilities, batched over leading axes: normalise, centre, threshold, clean, resize.
+"""Kernel utilities, batched over leading axes: normalise, centre, threshold, clean, fit.
 
 A kernel here is ``(..., h, w)`` float, non-negative, and in convolution orientation
 (``blurred = convolve(sharp, kernel)``).  All functions work on NumPy or CuPy input
@@ -19,7 +19,6 @@ __all__ = [
     "fit_size",
     "normalize",
     "remove_small_components",
-    "resize",
     "threshold",
 ]
 
@@ -139,18 +138,3 @@ def fit_size(kernel: Any, size: int) -> Any:
     x0, x1 = max(sx, 0), min(sx + size, w)
     out[..., y0 - sy : y1 - sy, x0 - sx : x1 - sx] = kernel[..., y0:y1, x0:x1]
     return out
-
-
-def resize(kernel: Any, size: int) -> Any:
-    """Resample kernels to ``size x size`` (a pyramid step): bilinear zoom, clip, refit, normalise.
-
-    The zoom factor maps the old support onto the new one, as MATLAB's ``imresize``
-    of Pan's code does between scales; mass that falls outside is dropped.
-    """
-    xp = get_array_module(kernel)
-    h, w = kernel.shape[-2:]
-    lead = kernel.shape[:-2]
-    flat = kernel.reshape((-1, h, w))
-    zoomed = ndimage(xp).zoom(flat, (1, size / h, size / w), order=1, grid_mode=True, mode="grid-constant")
-    zoomed = xp.maximum(zoomed, 0).astype(kernel.dtype, copy=False)
-    return normalize(fit_size(zoomed, size)).reshape((*lead, size, size))

@@ -20,6 +20,7 @@ from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP
 from tests.raytools import local_ray
+from tests.tolerance import TOLERANCE
 from training.data import build_index, split_by_source
 from training.evaluate import SELECTORS, portable_name
 from training.hu_yang import fit_hu_yang
@@ -108,7 +109,7 @@ def test_evaluate_validation_split_and_folder_without_truth(setup):
             "--out",
             str(out),
             "--selectors",
-            "cnn,whole,oracle,cnn-consensus-3,cnn-consensus-1",
+            "cnn,whole,oracle,cnn-consensus-3,cnn-consensus-1,cnn-joint-3,cnn-joint-1",
             "--split",
             "val",
             "-q",
@@ -116,7 +117,7 @@ def test_evaluate_validation_split_and_folder_without_truth(setup):
     )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out / "results.parquet").to_pandas()
-    assert len(table) == 2 * 5  # 1 validation source x 2 kernels, 5 selectors
+    assert len(table) == 2 * 7  # 1 validation source x 2 kernels, 7 selectors
     for _, image in table.groupby("image"):
         rows = image.set_index("selector")
         assert rows.loc["cnn-consensus-3", "regions"] == 3 and rows.loc["cnn", "regions"] == 1
@@ -126,6 +127,13 @@ def test_evaluate_validation_split_and_folder_without_truth(setup):
             == rows.loc["cnn", ["y", "x", "similarity"]].tolist()
         )
         assert rows.loc["oracle", "similarity"] >= rows.loc["cnn-consensus-3", "similarity"] - 1e-6
+        # joint: one kernel from the 3 best windows, reported at the best one; over one window, the window's own
+        assert rows.loc["cnn-joint-3", "regions"] == 3 and rows.loc["cnn-joint-1", "regions"] == 1
+        assert rows.loc["cnn-joint-3", ["y", "x"]].tolist() == rows.loc["cnn", ["y", "x"]].tolist()
+        assert 0 < rows.loc["cnn-joint-3", "similarity"] <= 1
+        one, cnn = rows.loc["cnn-joint-1", "similarity"], rows.loc["cnn", "similarity"]
+        assert np.isclose(one, cnn, **TOLERANCE["float32"])
+        assert rows.loc["cnn-joint-3", "estimation_seconds"] > 0
 
     folder = root / "photos"
     folder.mkdir()

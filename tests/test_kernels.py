@@ -100,15 +100,6 @@ def test_clean_gives_valid_kernel_and_delta_for_empty():
     assert out[1, 3, 3] == 1  # all-zero input becomes a delta
 
 
-def test_resize_between_pyramid_levels(rng):
-    k = camera_shake_kernel(rng, 27)
-    small = kops.resize(k, 13)
-    back = kops.resize(small, 27)
-    assert small.shape == (13, 13) and back.shape == (27, 27)
-    assert small.sum() == pytest.approx(1, abs=1e-5) and small.min() >= 0
-    assert float(similarity(back, k)) > 0.7
-
-
 def test_fit_size_keeps_the_middle():
     k = np.zeros((5, 5))
     k[2, 2] = 1

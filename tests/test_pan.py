@@ -15,16 +15,9 @@ import scipy.ndimage
 from numpy.lib.stride_tricks import sliding_window_view
 
 from kernels_gpu import estimators
-from kernels_gpu.estimators import pan_l0
-from kernels_gpu.estimators._common import (
-    cg_kernel_step,
-    fix_size,
-    imresize_cubic,
-    levin_downsample,
-    opt_fft_size,
-    valid_gradients,
-    wrap_boundary,
-)
+from kernels_gpu.boundary import wrap_boundary
+from kernels_gpu.estimators import pan, pan_l0
+from kernels_gpu.estimators._common import cg_kernel_step, fix_size, opt_fft_size
 from kernels_gpu.estimators.dark_channel import (
     DarkChannelParams,
     dark_channel,
@@ -32,7 +25,9 @@ from kernels_gpu.estimators.dark_channel import (
     write_back,
     write_back_sequential,
 )
+from kernels_gpu.gradients import valid_gradients
 from kernels_gpu.kernels import centroid
+from kernels_gpu.pyramid import imresize_cubic, levin_downsample
 from kernels_gpu.similarity import similarity
 from tests import levin
 from tests.test_l0grad import MARGIN, _floor
@@ -69,7 +64,7 @@ def test_batched_equals_one_by_one_and_kernels_are_valid(name, monkeypatch):
     for b in range(3):
         np.testing.assert_allclose(batch[b], est(windows[b : b + 1], 13)[0], atol=1e-5)
     # on the CPU a large batch runs in cache-sized chunks: same kernels (here chunks of 2 and 1)
-    monkeypatch.setattr(pan_l0, "CPU_CHUNK_BYTES", 2 * 4 * 108 * 108)
+    monkeypatch.setattr(pan, "CPU_CHUNK_BYTES", 2 * 4 * 108 * 108)
     np.testing.assert_array_equal(est(windows, 13), batch)
     np.testing.assert_allclose(batch.sum(axis=(-2, -1)), 1, atol=1e-5)
     assert batch.min() >= 0
@@ -79,13 +74,13 @@ def test_batched_equals_one_by_one_and_kernels_are_valid(name, monkeypatch):
 
 def test_registry_lists_both_with_parameters():
     assert {"l0grad", "pan-l0", "dark-channel"} <= set(estimators.available())
-    pan = estimators.get("pan-l0")
+    pan_est = estimators.get("pan-l0")
     dark = estimators.get("dark-channel")
-    assert pan.id.startswith("pan-l0@2-") and dark.id.startswith("dark-channel@2-")
-    assert estimators.get("pan-l0", lam_grad=2e-3).id != pan.id
+    assert pan_est.id.startswith("pan-l0@2-") and dark.id.startswith("dark-channel@2-")
+    assert estimators.get("pan-l0", lam_grad=2e-3).id != pan_est.id
     assert dark.describe()["params"]["patch_size"] == 35
-    assert dark.params.min_kernel_value == 3e-4 and pan.params.min_kernel_value == 0
-    assert pan.params.lam_pixel == pan.params.lam_grad == 4e-3 and pan.params.iterations == 5
+    assert dark.params.min_kernel_value == 3e-4 and pan_est.params.min_kernel_value == 0
+    assert pan_est.params.lam_pixel == pan_est.params.lam_grad == 4e-3 and pan_est.params.iterations == 5
     with pytest.raises(ValueError, match="patch_size"):
         DarkChannelParams(patch_size=34)
     with pytest.raises(ValueError, match="write_back"):
@@ -96,11 +91,11 @@ def test_registry_lists_both_with_parameters():
 
 def test_pyramid_matches_the_reference_sizes():
     params = pan_l0.PanL0Params()
-    assert pan_l0.pyramid(55, params)[0] == [55, 39, 29, 21, 15, 11, 7]
-    assert pan_l0.pyramid(27, params)[0] == [27, 21, 15, 11, 7]
-    assert pan_l0.pyramid(11, params)[0] == [11, 9, 7]
-    assert pan_l0.pyramid(5, params)[0] == [5]
-    k = pan_l0.bar_kernel(7, 2, np)
+    assert pan.pyramid(55, params)[0] == [55, 39, 29, 21, 15, 11, 7]
+    assert pan.pyramid(27, params)[0] == [27, 21, 15, 11, 7]
+    assert pan.pyramid(11, params)[0] == [11, 9, 7]
+    assert pan.pyramid(5, params)[0] == [5]
+    k = pan.bar_kernel(7, 2, np)
     assert np.argwhere(k[0]).tolist() == [[2, 2], [2, 3]]  # MATLAB k(3, 3:4) = 1/2
 
 
@@ -234,7 +229,7 @@ def test_cg_kernel_step_twenty_iterations_equal_the_reference_full_grid_cg(rng):
 def test_gradient_threshold_equals_the_reference_histogram_loop(rng):
     image = rng.random((3, 40, 44)) ** 3
     params = pan_l0.PanL0Params()
-    got = pan_l0.gradient_threshold(*valid_gradients(image), 3, params)
+    got = pan.gradient_threshold(*valid_gradients(image), 3, params)
     for b in range(3):
         px, py = valid_gradients(image[b])
         pm = px**2 + py**2
@@ -324,6 +319,6 @@ def test_l0_deblur_recovers_a_piecewise_constant_image_from_the_true_kernel(rng)
     kotf = kernel_otf(truth, (96, 96))
     blurred = np.fft.irfft2(np.fft.rfft2(sharp) * kotf, s=(96, 96)).astype(np.float32)  # periodic: no border
     lam = np.array([4e-3])
-    latent = pan_l0.l0_deblur(blurred, kotf, lam, lam, pan_l0.intensity_term, pan_l0.PanL0Params())
+    latent = pan.l0_deblur(blurred, kotf, lam, lam, pan_l0.intensity_term, pan_l0.PanL0Params())
     assert latent.shape == sharp.shape and latent.dtype == np.float32
     assert np.abs(latent - sharp).mean() < 0.5 * np.abs(blurred - sharp).mean()  # measured: 0.29

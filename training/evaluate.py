@@ -39,6 +39,7 @@ __all__ = [
     "check_selectors",
     "evaluate_image",
     "evaluation_config",
+    "joint_estimator",
     "plan_jobs",
     "portable_name",
     "run_evaluate",
@@ -167,6 +168,9 @@ def evaluation_config(
         raise InputError(f"kernel_size: must be odd and >= 3, got {kernel_size}")
     classifier = load_classifier(model_dir, "cpu")
     est = estimator_for(classifier.info, estimator)
+    joint = [n for n in chosen if sel.get(n).combine == "joint"]
+    if joint and joint_estimator(est) is None:
+        raise InputError(f"selectors: {', '.join(joint)} need joint estimation, which {est.name} does not have")
     only = frozenset(classifier.info["split"]["val_sources"]) if split == "val" else None
     return EvalConfig(
         source=source,
@@ -196,9 +200,13 @@ def _load(job: EvalJob) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | Non
     return blurred, sharp, truth
 
 
-def _joint(estimator: Any) -> Any:
-    """The estimator's joint estimation from K windows sharing one kernel, or None when it has none."""
-    return None
+def joint_estimator(estimator: Any) -> Any:
+    """``joint(windows (K, h, w), kernel_size) -> (k, k)``: the estimator's joint estimation, or None.
+
+    One kernel shared by K windows of one image (the ``-joint-K`` selectors):
+    :meth:`kernels_gpu.estimators.Estimator.joint`, when the estimator registered one.
+    """
+    return estimator.joint if getattr(estimator, "run_joint", None) is not None else None
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -226,7 +234,7 @@ def evaluate_image(job: EvalJob, device: str = "cpu") -> dict[str, Any]:
     def estimate(windows: np.ndarray, size: int) -> np.ndarray:
         return to_numpy(est(to_device(np.asarray(windows, np.float32), where), size))
 
-    joint = _joint(est)
+    joint = joint_estimator(est)
     context = sel.Context(
         image=image,
         corners=grid(*image.shape, job.window, job.stride),
@@ -260,7 +268,7 @@ def evaluate_image(job: EvalJob, device: str = "cpu") -> dict[str, Any]:
             scored[selector.base] = (scores, seconds - (sum(context.loading_seconds.values()) - loading))
         scores, scoring_s = scored[selector.base]
         boxes = sel.choose(selector, context, scores)
-        key = (selector.combine if len(boxes) > 1 else "single", tuple(boxes))
+        key = (selector.combine, tuple(boxes))
         if key not in estimated:
             estimated[key] = _timed(sel.estimate, selector, context, boxes)
         (kernel, index), estimation_s = estimated[key]

@@ -5,6 +5,16 @@ parameters, so changing any parameter (or bumping the version when the code's
 behaviour changes) gives a new id, and rows labelled by different settings never
 mix.  ``get("l0grad")`` returns the registered defaults; ``get("l0grad",
 gamma=50)`` a variant with its own id.
+
+Each estimator also estimates jointly: ``est.joint(windows, kernel_size)`` fits one
+kernel to several windows of one image (latent images per window, the kernel step's
+normal equations averaged over the windows).  The id is the same: joint estimation
+is another use of the same numerics, not another labelling.
+
+>>> from kernels_gpu import estimators
+>>> est = estimators.get("l0grad", iterations=2)
+>>> est.name, est.id.startswith("l0grad@1-"), "pan-l0" in estimators.available()
+('l0grad', True, True)
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backend
 from . import dark_channel, l0grad, pan_l0
 
 __all__ = ["Estimator", "available", "get", "register"]
@@ -32,6 +43,7 @@ class Estimator:
     params : frozen dataclass of parameters
     run : ``run(windows (B, H, W), kernel_size, params) -> (B, k, k) float32``
     summary : one line for ``goodregions estimators``
+    run_joint : ``run_joint(windows (K, H, W), kernel_size, params) -> (k, k) float32``, one kernel for all
     """
 
     name: str
@@ -39,6 +51,7 @@ class Estimator:
     params: Any
     run: Callable[[Any, int, Any], Any]
     summary: str = ""
+    run_joint: Callable[[Any, int, Any], Any] | None = None
 
     @property
     def id(self) -> str:
@@ -51,27 +64,62 @@ class Estimator:
         """JSON-serialisable description (id, name, version, parameters)."""
         return {"id": self.id, "name": self.name, "version": self.version, "params": dataclasses.asdict(self.params)}
 
-    def __call__(self, windows: Any, kernel_size: int) -> Any:
-        """Estimate one kernel per window; see :func:`l0grad.estimate` for the contract."""
-        if kernel_size < 3 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel size must be odd and >= 3, got {kernel_size}")
-        if windows.ndim != 3:
-            raise ValueError(f"windows must be (B, H, W), got shape {tuple(windows.shape)}")
-        if min(windows.shape[-2:]) < kernel_size:
-            raise ValueError(
-                f"kernel size {kernel_size} is larger than the window {windows.shape[-2]}x{windows.shape[-1]}"
-            )
-        return self.run(windows, kernel_size, self.params)
+    def __call__(self, windows: Any, kernel_size: int, *, fft_workers: int | None = None) -> Any:
+        """Estimate one kernel per window; see :func:`l0grad.estimate` for the contract.
+
+        ``fft_workers`` : threads of the CPU FFTs (``scipy.fft``) during this call; default
+        every core this process may use (:func:`kernels_gpu.backend.fft_workers`).
+
+        >>> import numpy as np
+        >>> from kernels_gpu import estimators
+        >>> windows = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+        >>> estimators.get("l0grad", iterations=2)(windows, 9, fft_workers=1).shape
+        (2, 9, 9)
+        """
+        _check(windows, kernel_size, "(B, H, W)")
+        with backend.fft_workers(fft_workers):
+            return self.run(windows, kernel_size, self.params)
+
+    def joint(self, windows: Any, kernel_size: int, *, fft_workers: int | None = None) -> Any:
+        """One kernel shared by the windows ``(K, H, W)`` of one image: ``(kernel_size, kernel_size)`` float32.
+
+        Every window keeps its own latent image; the kernel step sums (averages) the
+        windows' normal equations, so ``K`` copies of one window give that window's kernel
+        and ``K`` different windows give the kernel that explains them all.  Same device as
+        ``windows``; same contract as :meth:`__call__` otherwise.
+
+        >>> import numpy as np
+        >>> from kernels_gpu import estimators
+        >>> windows = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+        >>> estimators.get("l0grad", iterations=2).joint(windows, 9).shape
+        (9, 9)
+        """
+        if self.run_joint is None:
+            raise ValueError(f"estimator {self.name!r} has no joint estimation")
+        _check(windows, kernel_size, "(K, H, W)")
+        with backend.fft_workers(fft_workers):
+            return self.run_joint(windows, kernel_size, self.params)
 
 
-_REGISTRY: dict[str, tuple[str, type, Callable, str]] = {}
+def _check(windows: Any, kernel_size: int, layout: str) -> None:
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel size must be odd and >= 3, got {kernel_size}")
+    if windows.ndim != 3:
+        raise ValueError(f"windows must be {layout}, got shape {tuple(windows.shape)}")
+    if min(windows.shape[-2:]) < kernel_size:
+        raise ValueError(f"kernel size {kernel_size} is larger than the window {windows.shape[-2]}x{windows.shape[-1]}")
 
 
-def register(name: str, version: str, params_type: type, run: Callable, summary: str = "") -> None:
-    """Add an estimator (its parameters' dataclass gives the defaults)."""
+_REGISTRY: dict[str, tuple[str, type, Callable, str, Callable | None]] = {}
+
+
+def register(
+    name: str, version: str, params_type: type, run: Callable, summary: str = "", run_joint: Callable | None = None
+) -> None:
+    """Add an estimator (its parameters' dataclass gives the defaults; ``run_joint`` its joint estimation)."""
     if name in _REGISTRY:
         raise ValueError(f"estimator {name!r} is already registered")
-    _REGISTRY[name] = (version, params_type, run, summary)
+    _REGISTRY[name] = (version, params_type, run, summary, run_joint)
 
 
 def available() -> list[str]:
@@ -83,8 +131,8 @@ def get(name: str, **overrides: Any) -> Estimator:
     """The estimator ``name`` with default parameters, optionally overridden."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown estimator {name!r}; registered: {', '.join(available())}")
-    version, params_type, run, summary = _REGISTRY[name]
-    return Estimator(name, version, params_type(**overrides), run, summary)
+    version, params_type, run, summary, run_joint = _REGISTRY[name]
+    return Estimator(name, version, params_type(**overrides), run, summary, run_joint)
 
 
 register(
@@ -93,6 +141,7 @@ register(
     l0grad.L0GradParams,
     l0grad.estimate,
     "L0 gradient prior, coarse-to-fine, closed-form Fourier kernel step (Anger, Facciolo & Delbracio, IPOL 2019)",
+    l0grad.estimate_joint,
 )
 
 # version 2 of pan-l0 and dark-channel: the kernel is carried between scales by MATLAB's bicubic
@@ -103,6 +152,7 @@ register(
     pan_l0.PanL0Params,
     pan_l0.estimate,
     "L0 intensity + gradient prior, coarse-to-fine, CG kernel step (Pan, Hu, Su & Yang, CVPR 2014)",
+    pan_l0.estimate_joint,
 )
 
 register(
@@ -111,4 +161,5 @@ register(
     dark_channel.DarkChannelParams,
     dark_channel.estimate,
     "Dark channel prior (35x35) + L0 gradient, coarse-to-fine, CG kernel step (Pan, Sun, Pfister & Yang, CVPR 2016)",
+    dark_channel.estimate_joint,
 )

@@ -1,9 +1,9 @@
 """``dark-channel``: blind kernel estimation with the dark channel prior, batched.
 
 Pan, Sun, Pfister & Yang, "Blind image deblurring using dark channel prior",
-CVPR 2016, following the authors' MATLAB code and its demo defaults
-(``../shared/docs/algorithms.md`` section 1.1).  The framework is the one of
-``pan-l0`` (:func:`.pan_l0.blind_deconv`: pyramid, wrap boundary, salient
+CVPR 2016, following the authors' MATLAB code (``dark_channel.m``,
+``assign_dark_channel_to_pixel.m``) and its demo defaults.  The framework is the
+one of ``pan-l0`` (:func:`.pan.blind_deconv`: pyramid, wrap boundary, salient
 gradients, CG kernel step, clean-up); what differs:
 
 * the pixel term of the latent-image step acts on the **dark channel**
@@ -50,13 +50,14 @@ import numpy as np
 
 from ..backend import get_array_module, ndimage, to_numpy
 from ._common import per_image
-from .pan_l0 import PanParams, blind_deconv
+from .pan import PanParams, blind_deconv
 
 __all__ = [
     "DarkChannelParams",
     "DarkChannelTerm",
     "dark_channel",
     "estimate",
+    "estimate_joint",
     "otsu_level",
     "write_back",
     "write_back_sequential",
@@ -68,7 +69,7 @@ _OFFSET = np.int64(1 << 31)
 
 @dataclass(frozen=True)
 class DarkChannelParams(PanParams):
-    """Parameters of ``dark-channel``: :class:`.pan_l0.PanParams` (``lam_pixel`` weighs the dark channel) plus
+    """Parameters of ``dark-channel``: :class:`.pan.PanParams` (``lam_pixel`` weighs the dark channel) plus
 
     patch_size : side of the dark channel's minimum filter
     write_back : ``"batched"`` (one scatter) or ``"sequential"`` (the reference's loop; NumPy only, slow)
@@ -214,7 +215,7 @@ def otsu_level(x: Any) -> Any:
 
 
 class DarkChannelTerm:
-    """The dark channel pixel term of Pan et al. 2016 for :func:`.pan_l0.l0_deblur`."""
+    """The dark channel pixel term of Pan et al. 2016 for :func:`.pan.l0_deblur`."""
 
     def __init__(self, params: DarkChannelParams) -> None:
         self.size = params.patch_size
@@ -249,3 +250,13 @@ def estimate(windows: Any, kernel_size: int, params: DarkChannelParams | None = 
     """
     params = params or DarkChannelParams()
     return blind_deconv(windows, kernel_size, params, DarkChannelTerm(params))
+
+
+def estimate_joint(windows: Any, kernel_size: int, params: DarkChannelParams | None = None) -> Any:
+    """One kernel shared by the windows ``(K, H, W)`` of one image, ``(kernel_size, kernel_size)`` float32.
+
+    Latent images stay per window; the CG kernel step averages the windows' normal
+    equations (``joint=True`` of :func:`.pan.blind_deconv`).
+    """
+    params = params or DarkChannelParams()
+    return blind_deconv(windows, kernel_size, params, DarkChannelTerm(params), joint=True)[0]

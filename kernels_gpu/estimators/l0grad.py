@@ -44,10 +44,11 @@ from .. import kernels as kops
 from ..backend import get_array_module, irfft2, rfft2
 from ..boundary import edgetaper
 from ..conv import kernel_otf
+from ..gradients import circular_gradients, circular_gradients_adjoint, difference_otf_energy
 from ..pyramid import downsample, kernel_sizes, upsample
-from ._common import crop_to_fast, difference_otf_energy, extract_kernel, normalize_windows
+from ._common import crop_to_fast, extract_kernel, normalize_windows
 
-__all__ = ["L0GradParams", "estimate", "kernel_step", "l0_image_step", "noise_sigma"]
+__all__ = ["L0GradParams", "estimate", "estimate_joint", "kernel_step", "l0_image_step", "noise_sigma"]
 
 
 @dataclass(frozen=True)
@@ -94,29 +95,6 @@ class L0GradParams:
             raise ValueError("l0grad: kernel_threshold and min_component_mass must be in [0, 1)")
 
 
-def circular_gradients(u: Any) -> tuple[Any, Any]:
-    """Circular forward differences of ``(..., H, W)`` along x (columns) and y (rows)."""
-    xp = get_array_module(u)
-    gx = xp.empty_like(u)
-    gx[..., :-1] = u[..., 1:] - u[..., :-1]
-    gx[..., -1] = u[..., 0] - u[..., -1]
-    gy = xp.empty_like(u)
-    gy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
-    gy[..., -1, :] = u[..., 0, :] - u[..., -1, :]
-    return gx, gy
-
-
-def circular_gradients_adjoint(gx: Any, gy: Any) -> Any:
-    """``D^T (gx, gy)`` for the circular forward differences ``D`` of :func:`circular_gradients`."""
-    xp = get_array_module(gx)
-    out = xp.empty_like(gx)
-    out[..., 1:] = gx[..., :-1] - gx[..., 1:]
-    out[..., 0] = gx[..., -1] - gx[..., 0]
-    out[..., 1:, :] += gy[..., :-1, :] - gy[..., 1:, :]
-    out[..., 0, :] += gy[..., -1, :] - gy[..., 0, :]
-    return out
-
-
 def noise_sigma(v: Any) -> Any:
     """Noise level of each window, ``(B, 1, 1)``: MAD of the finest diagonal Haar coefficients / 0.6745."""
     xp = get_array_module(v)
@@ -158,16 +136,44 @@ def l0_image_step(fv: Any, kotf: Any, dtd: Any, v: Any, lam: float, beta_max: fl
     return u, fu
 
 
-def kernel_step(fu: Any, fv: Any, dtd: Any, gamma: float, size: int, shape: tuple[int, int], wiener: Any = 0) -> Any:
+def kernel_step(
+    fu: Any,
+    fv: Any,
+    dtd: Any,
+    gamma: float,
+    size: int,
+    shape: tuple[int, int],
+    wiener: Any = 0,
+    joint: bool = False,
+) -> Any:
     """Closed-form Fourier kernel (uncleaned) ``(B, size, size)`` from latent and blurred spectra.
 
     ``K = |D|^2 conj(U) V / (|D|^2 (|U|^2 + wiener) + gamma)``: the least-squares
     fit of the blurred gradients by the latent gradients, over the whole grid,
     then the ``size x size`` support around the origin.
+
+    ``joint=True`` fits one kernel to all ``B`` windows: the numerator and the data part of
+    the denominator are averaged over the windows (the normal equations of the mean of the
+    windows' data terms, with the prior ``gamma`` once), and the result is ``(1, size, size)``.
+    ``B`` copies of one window then give that window's own kernel.
+
+    >>> import numpy as np
+    >>> from kernels_gpu.backend import rfft2
+    >>> from kernels_gpu.gradients import difference_otf_energy
+    >>> u = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    >>> fu = rfft2(u)
+    >>> dtd = difference_otf_energy((32, 32), np)
+    >>> kernel_step(fu, fu, dtd, 1e-3, 5, (32, 32)).shape
+    (2, 5, 5)
+    >>> kernel_step(fu, fu, dtd, 1e-3, 5, (32, 32), joint=True).shape
+    (1, 5, 5)
     """
     num = dtd * (fu.conj() * fv)
-    den = dtd * (fu.real**2 + fu.imag**2 + wiener) + gamma
-    return extract_kernel(irfft2(num / den, s=shape), size)
+    den = dtd * (fu.real**2 + fu.imag**2 + wiener)
+    if joint:
+        num = num.mean(axis=-3, keepdims=True)
+        den = den.mean(axis=-3, keepdims=True)
+    return extract_kernel(irfft2(num / (den + gamma), s=shape), size)
 
 
 def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None) -> Any:
@@ -183,8 +189,44 @@ def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None)
     -------
     (B, kernel_size, kernel_size) float32 kernels: sum 1, centred, convolution
     orientation, on the device of ``windows``.
+
+    >>> import numpy as np
+    >>> windows = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    >>> k = estimate(windows, 9)
+    >>> k.shape, k.dtype.name, bool(np.allclose(k.sum(axis=(1, 2)), 1, atol=1e-5))
+    ((2, 9, 9), 'float32', True)
     """
-    params = params or L0GradParams()
+    return _coarse_to_fine(windows, kernel_size, params or L0GradParams(), joint=False)
+
+
+def estimate_joint(windows: Any, kernel_size: int, params: L0GradParams | None = None) -> Any:
+    """Estimate one blur kernel shared by all windows (joint estimation from several windows of one image).
+
+    The same coarse-to-fine alternation as :func:`estimate`, with one latent image per window
+    and one kernel for all: the kernel step averages the windows' Fourier normal equations
+    (``joint=True`` of :func:`kernel_step`), so every window's evidence shapes the one kernel,
+    and each latent image step uses that kernel.
+
+    Parameters
+    ----------
+    windows : (K, H, W) float, windows of one image (same blur), any grey-level range
+    kernel_size : odd int >= 3
+    params : L0GradParams, the defaults when None
+
+    Returns
+    -------
+    (kernel_size, kernel_size) float32 kernel: sum 1, centred, on the device of ``windows``.
+
+    >>> import numpy as np
+    >>> windows = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+    >>> estimate_joint(windows, 9).shape
+    (9, 9)
+    """
+    return _coarse_to_fine(windows, kernel_size, params or L0GradParams(), joint=True)[0]
+
+
+def _coarse_to_fine(windows: Any, kernel_size: int, params: L0GradParams, joint: bool) -> Any:
+    """The estimation of :func:`estimate` (``joint=False``, ``(B, k, k)``) or :func:`estimate_joint` (``(1, k, k)``)."""
     xp = get_array_module(windows)
     v = normalize_windows(crop_to_fast(xp.asarray(windows, dtype=xp.float32)))
     box = xp.full((kernel_size, kernel_size), 1.0 / kernel_size**2, dtype=xp.float32)
@@ -210,7 +252,7 @@ def estimate(windows: Any, kernel_size: int, params: L0GradParams | None = None)
         steps = params.iterations + int(params.final_kernel_step and level == 0)
         for step in range(steps):
             k = kops.clean(
-                kernel_step(fu, fv, dtd, params.gamma, ks, shape, noise_power / kernel_power),
+                kernel_step(fu, fv, dtd, params.gamma, ks, shape, noise_power / kernel_power, joint),
                 params.kernel_threshold,
                 params.min_component_mass,
             )
