@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import shutil
 import tempfile
@@ -73,12 +72,10 @@ def throughput(workdir: pathlib.Path) -> None:
     from pipeline.labels import prepare_arrays
 
     prepare_arrays(store, plan)
-    os.environ["GOODREGIONS_FFT_WORKERS"] = "1"
     start = time.perf_counter()
     for job in jobs:
-        label_image(job, l0, "cpu", "direct", "local")
+        label_image(job, l0, "cpu", "direct", "local", fft_workers=1)
     direct = time.perf_counter() - start
-    del os.environ["GOODREGIONS_FFT_WORKERS"]
 
     init_ray()
     times = {}

@@ -65,8 +65,13 @@ class LabelRun:
     device: str
 
 
-def label_image(job: ImageJob, estimator: Any, device: str, worker: str, node: str) -> dict[str, Any]:
-    """Estimate every window of one image and score it against the true kernel (no Ray here)."""
+def label_image(
+    job: ImageJob, estimator: Any, device: str, worker: str, node: str, fft_workers: int | None = None
+) -> dict[str, Any]:
+    """Estimate every window of one image and score it against the true kernel (no Ray here).
+
+    ``fft_workers``: threads of the CPU FFTs (default every core this process may use).
+    """
     import numpy as np
 
     from kernels_gpu.backend import to_device, to_numpy
@@ -84,7 +89,7 @@ def label_image(job: ImageJob, estimator: Any, device: str, worker: str, node: s
     truth = store.kernel(job.kernel_index, job.kernel_size)
     start = time.perf_counter()
     batch = to_device(windows, device)
-    kernels = estimator(batch, job.estimate_size)
+    kernels = estimator(batch, job.estimate_size, fft_workers=fft_workers)
     scores = to_numpy(similarity(kernels, to_device(truth, device)))
     kernels = to_numpy(kernels)
     seconds = time.perf_counter() - start
@@ -103,10 +108,9 @@ class LabelWorker:
     """A Ray actor: builds its estimator once, then labels one image per call."""
 
     def __init__(self, estimator: str, params: dict, device: str, threads: int) -> None:
-        # one actor per share of CPUs: keep scipy.fft inside that share
-        os.environ["GOODREGIONS_FFT_WORKERS"] = str(max(1, threads))
         from kernels_gpu import estimators
 
+        self.threads = max(1, threads)  # one actor per share of CPUs: keep scipy.fft inside that share
         self.estimator = estimators.get(estimator, **params)
         self.device = device
         import ray
@@ -117,7 +121,7 @@ class LabelWorker:
 
     def label(self, job: ImageJob) -> dict[str, Any]:
         try:
-            return label_image(job, self.estimator, self.device, self.worker, self.node)
+            return label_image(job, self.estimator, self.device, self.worker, self.node, self.threads)
         except Exception as exc:  # one bad image must not take the job down
             return {"image_id": job.image_id, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
