@@ -42,7 +42,7 @@ TEST = ("kodim05", "kodim13", "kodim23")
 VAL = ("kodim08", "kodim16", "kodim20")
 TRAIN = tuple(f"kodim{i:02d}" for i in range(1, 25) if f"kodim{i:02d}" not in TEST + VAL)
 
-WINDOW, STRIDE, SIZE, MARGIN = 228, 20, 450, 32
+WINDOW, STRIDE, SIZE, MARGIN = 228, 20, 450, 30  # 450 + 2 x 30 fits the 512 px side of a Kodak picture
 NOISE = 0.01  # the evaluation images' Gaussian noise (Levin et al.'s sigma)
 
 

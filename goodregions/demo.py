@@ -46,7 +46,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from pipeline.store import Store
     from pipeline.synth import SynthConfig, run_synth
     from training.evaluate import SELECTORS, EvalConfig, plan_jobs, run_evaluate
-    from training.select import estimator_for, load_classifier, run_select
+    from training.select import SelectConfig, estimator_for, load_classifier, run_select
     from training.train import TrainConfig, run_training
 
     root = pathlib.Path(config.out).resolve()
@@ -106,18 +106,13 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     blurred = np.asarray(store.array(example["blurred_array"])[example["blurred_index"]])
     write_png(root / "example_blurred.png", blurred)
     truth = store.kernel(example["kernel_index"], example["kernel_size"])
-    selected = run_select(
-        blurred,
-        str(model),
-        str(root / "select"),
-        example["kernel_size"] + 4,
-        None,
-        None,
-        None,
-        10,
-        truth,
+    config = SelectConfig(
+        model_dir=str(model),
+        out=str(root / "select"),
+        kernel_size=example["kernel_size"] + 4,
         name=f"{example['sharp_source']} (validation image)",
     )
+    selected = run_select(blurred, config, truth)
     step(
         f"select: best window of a validation image at ({selected['best']['y']}, {selected['best']['x']}); "
         f"kernel similarity {selected['similarity_to_true_kernel']:.3f}"

@@ -13,7 +13,20 @@ from ._shell import CONTEXT, user_errors
 @click.option("--threshold", type=float, default=0.75, show_default=True, help="Good window: similarity > this.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Model folder (resumable).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs in all (a resumed run continues).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per SGD step and worker.")
+@click.option(
+    "--arch",
+    type=click.Choice(["window", "image"]),
+    default="window",
+    show_default=True,
+    help="window: the paper's ResNet34 on every window; image: one pass per image, each window pooled from it.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Windows per SGD step and worker (image: as many whole images as hold about this many windows).",
+)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="SGD learning rate (momentum 0.9).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
@@ -26,6 +39,12 @@ from ._shell import CONTEXT, user_errors
     help="Local torchvision ResNet34 state dict (ImageNet) to fine-tune from.",
 )
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Source images held out.")
+@click.option(
+    "--val-sources",
+    default=None,
+    help="Comma-separated source pictures to validate on (their keys, e.g. file:kodak/kodim08.png), "
+    "instead of a seeded --val-fraction of them.",
+)
 @click.option("--balance", is_flag=True, help="Weight the positive class by negatives/positives.")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the split, the initial weights and the shuffle."
@@ -38,6 +57,7 @@ def train(
     threshold: float,
     out: str,
     epochs: int,
+    arch: str,
     batch_size: int,
     lr: float,
     workers: int,
@@ -46,11 +66,12 @@ def train(
     data_workers: int,
     init_weights: str | None,
     val_fraction: float,
+    val_sources: str | None,
     balance: bool,
     seed: int,
     address: str | None,
 ) -> None:
-    """Train the ResNet34 window classifier on STORE's labels with Ray Train (resumes an interrupted run)."""
+    """Train the ResNet34 window classifier (--arch) on STORE's labels with Ray Train (resumes an interrupted run)."""
     from training.train import TrainConfig, run_training
 
     config = TrainConfig(
@@ -67,9 +88,11 @@ def train(
         data_workers=data_workers,
         init_weights=init_weights,
         val_fraction=val_fraction,
+        val_sources=tuple(s.strip() for s in val_sources.split(",") if s.strip()) if val_sources else None,
         balance=balance,
         seed=seed,
         address=address,
+        arch=arch,
     )
     result = run_training(config)
     m = result.metrics

@@ -6,7 +6,6 @@ import pathlib
 
 import click
 
-from pipeline.files import InputError
 from training.selectors import DEFAULT as SELECTORS
 from training.selectors import available as available_selectors
 
@@ -26,7 +25,13 @@ from ._shell import CONTEXT, Progress, load_input, user_errors
 @click.option("--estimator", "-e", default=None, help="Registered estimator (default: the model's).")
 @click.option("--window", type=int, default=None, help="Window side (default: the model's).")
 @click.option("--stride", type=int, default=None, help="Window stride (default: the model's).")
-@click.option("--top", type=int, default=10, show_default=True, help="Ranked windows listed in windows.json.")
+@click.option(
+    "--top",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Estimate one kernel jointly from the K best windows (1: the best window alone).",
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @user_errors
 def select(
@@ -43,24 +48,31 @@ def select(
 
     Writes windows.json (ranked windows), heatmap.png, kernel.npy/.png and deblurred.png to OUT.
     """
-    from training.select import run_select
+    from training.select import MAX_PIXELS, SelectConfig, run_select
 
     pixels, truth = load_input(image)
     if kernel_size is None:
         kernel_size = truth.shape[0] + 4 if truth is not None else 31
-    if top < 1:
-        raise InputError(f"--top: must be >= 1, got {top}")
-    summary = run_select(
-        pixels, model, out, kernel_size, estimator, window, stride, top, truth, name=pathlib.Path(image).name
-    )
+    config = SelectConfig(
+        model_dir=model, out=out, kernel_size=kernel_size, estimator=estimator, window=window, stride=stride,
+        top=top, name=pathlib.Path(image).name,
+    )  # fmt: skip
+    summary = run_select(pixels, config, truth)
     best = summary["best"]
     line = (
         f"best of {summary['windows_scored']} windows: ({best['y']}, {best['x']}) {best['size']} px, "
-        f"score {best['score']:.2f}; kernel by {summary['estimator']} in {summary['seconds']:.1f} s"
+        f"score {best['score']:.2f}; kernel by {summary['estimator']}"
+        + (f" from the {len(summary['regions'])} best windows" if len(summary["regions"]) > 1 else "")
+        + f" in {summary['seconds']:.1f} s"
     )
     if "similarity_to_true_kernel" in summary:
         line += f"; similarity to the true kernel {summary['similarity_to_true_kernel']:.3f}"
     click.echo(line)
+    if summary["passes"] and summary["passes"] > 1:
+        click.echo(
+            f"the image is larger than one pass holds ({MAX_PIXELS:,} px): scored in {summary['passes']} "
+            "overlapping tiles, each window from the tile where it lies furthest from a cut"
+        )
     click.echo(f"wrote windows.json, heatmap.png, kernel.npy, kernel.png and deblurred.png in {out}")
 
 

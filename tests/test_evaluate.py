@@ -175,7 +175,8 @@ def test_select_outputs(setup, tmp_path):
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "windows.json").read_text())
-    assert summary["windows_scored"] == 4 and len(summary["windows"]) == 3
+    assert summary["windows_scored"] == 4 and len(summary["windows"]) == 4 and len(summary["regions"]) == 3
+    assert [(r["y"], r["x"]) for r in summary["regions"]] == [(w["y"], w["x"]) for w in summary["windows"][:3]]
     scores = [w["score"] for w in summary["windows"]]
     assert scores == sorted(scores, reverse=True) and summary["best"]["score"] == scores[0]
     assert (summary["best"]["y"], summary["best"]["x"]) == (summary["windows"][0]["y"], summary["windows"][0]["x"])

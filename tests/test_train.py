@@ -53,7 +53,7 @@ def labelled(tmp_path_factory):
     return store, l0.id
 
 
-def _train_cmd(store, estimator_id, out, epochs):
+def _train_cmd(store, estimator_id, out, epochs, *extra):
     return [
         sys.executable,
         "-c",
@@ -72,6 +72,7 @@ def _train_cmd(store, estimator_id, out, epochs):
         "8",
         "--val-fraction",
         "0.25",
+        *extra,
     ]
 
 
@@ -79,43 +80,53 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
 
 
-def test_train_exports_model_metrics_and_split_by_image(labelled, tmp_path):
+@pytest.fixture(scope="module")
+def trained(labelled, tmp_path_factory):
+    """One 2-epoch run of the per-window classifier (its stdout and folder)."""
     store, estimator_id = labelled
-    out = tmp_path / "model"
+    out = tmp_path_factory.mktemp("trained") / "model"
     run = subprocess.run(
-        _train_cmd(store, estimator_id, out, 1), env=_env(), capture_output=True, text=True, timeout=600
+        _train_cmd(store, estimator_id, out, 2), env=_env(), capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "trained 1 epochs" in run.stdout
+    return run.stdout, out
+
+
+def test_train_exports_model_metrics_and_split_by_image(labelled, trained):
+    _, estimator_id = labelled
+    stdout, out = trained
+    assert "trained 2 epochs" in stdout
     model = load_model(out / "model.pt")  # weights_only load of the exported state dict
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 1)
     info = json.loads((out / "model.json").read_text())
     assert info["window"] == 64 and info["estimator"] == estimator_id and info["threshold"] == THRESHOLD
-    assert info["epochs_trained"] == 1 and "top1_similarity" in info["metrics"]
+    assert info["epochs_trained"] == 2 and "top1_similarity" in info["metrics"] and info["arch"] == "window"
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 2 and rows[0].startswith("epoch,train_loss")
+    assert len(rows) == 3 and rows[0].startswith("epoch,train_loss")
     assert (out / "metrics.png").stat().st_size > 10_000
+    # the checkpoints go once the export is written: the folder is about the size of model.pt
+    assert not (out / "ray_results").exists()
+    folder = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert folder <= 2 * (out / "model.pt").stat().st_size
     # the split is by source picture: no source on both sides, every image of a source on one side
     split = info["split"]
     assert not set(split["train_sources"]) & set(split["val_sources"])
     assert split["train_images"] + split["val_images"] == 12 and split["val_images"] == 3  # 1 of 4 sources x 3
 
 
-def test_the_same_seed_trains_the_same_model(labelled, tmp_path):
+def test_the_same_seed_trains_the_same_model(labelled, trained, tmp_path):
     """Two runs with the same settings give bit-identical weights and metrics, epoch after epoch."""
     store, estimator_id = labelled
-    runs = []
-    for name in ("first", "second"):
-        out = tmp_path / name
-        run = subprocess.run(
-            _train_cmd(store, estimator_id, out, 3), env=_env(), capture_output=True, text=True, timeout=600
-        )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        runs.append((torch.load(out / "model.pt", weights_only=True), (out / "metrics.csv").read_text()))
-    (first, first_metrics), (second, second_metrics) = runs
-    assert first_metrics == second_metrics
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[name], second[name]) for name in first)
+    _, first = trained
+    second = tmp_path / "second"
+    run = subprocess.run(
+        _train_cmd(store, estimator_id, second, 2), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (first / "metrics.csv").read_text() == (second / "metrics.csv").read_text()
+    weights = [torch.load(out / "model.pt", weights_only=True) for out in (first, second)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(labelled, tmp_path):
@@ -217,3 +228,40 @@ def test_model_stem_and_fine_tuned_layers(tmp_path):
     torch.save({"something": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="not a torchvision resnet34"):
         build_model(bad)
+
+
+def test_image_scorer_trains_selects_and_continues(labelled, tmp_path):
+    """--arch image through Ray Train: exported, pruned, used by select; a finished run given more
+    epochs continues from its weights."""
+    store, estimator_id = labelled
+    out = tmp_path / "model"
+    name = estimator_id.split("@")[0]  # a registered name resolves to the store's one id of it
+    run = subprocess.run(
+        _train_cmd(store, name, out, 1, "--arch", "image"), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    info = json.loads((out / "model.json").read_text())
+    assert info["arch"] == "image" and info["estimator"] == estimator_id and "roi_align" in info["architecture"]
+    assert info["metrics"]["val_images"] == 3 and np.isfinite(info["metrics"]["val_loss"])
+    assert not (out / "ray_results").exists()
+    model = load_model(out / "model.pt", "image")
+    boxes = torch.tensor([[0, 0, 0, 64, 64], [0, 32, 16, 96, 80]], dtype=torch.float32)
+    assert model(torch.zeros(1, 1, 96, 96), boxes).shape == (2,)
+
+    sharp = sorted(LEVIN_SHARP.glob("*.png"))[0]
+    select = subprocess.run(
+        [sys.executable, "-c", "from goodregions.cli import main; main()", "select", str(sharp), "--model", str(out),
+         "--kernel-size", "9", "--out", str(tmp_path / "select")],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert select.returncode == 0, select.stdout[-3000:] + select.stderr[-3000:]
+    chosen = json.loads((tmp_path / "select" / "windows.json").read_text())
+    assert chosen["arch"] == "image" and chosen["passes"] == 1 and chosen["windows_scored"] > 1
+
+    more = subprocess.run(
+        _train_cmd(store, name, out, 2, "--arch", "image"), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "resumed after epoch 1" in more.stdout
+    epochs = [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == [1, 2]

@@ -1,4 +1,4 @@
-"""The window classifier: torchvision's ResNet34 with fewer pooling layers, one logit.
+"""The window classifiers: torchvision's ResNet34 with fewer pooling layers, one logit per window.
 
 As in Yang, Wu & Sun: the stem's max-pool is replaced by a strided convolution
 (less translation invariance, because neighbouring windows can have different
@@ -7,6 +7,18 @@ labels), the input is one grey channel, and the head is a single logit for
 torchvision ResNet34 state dict) the first convolution's RGB filters are summed
 into one channel, and only the replaced convolution, layer3, layer4 and the head
 are trained, as the paper fine-tunes them.
+
+Two architectures share that trunk (:data:`ARCHITECTURES`):
+
+``window``
+    the paper's: the network runs on every window ``(B, 1, S, S)`` separately,
+    each window standardised on its own; ``(B, 1)`` logits.
+``image``
+    one pass per image (Fast R-CNN's idea): the trunk runs once over the whole
+    image, standardised as a whole, and each window's logit comes from its box on
+    the last feature map (``torchvision.ops.roi_align`` at ``1/32``, the trunk's
+    stride, averaged over the box) through the same linear head.  Every pixel goes
+    through the trunk once instead of about ``(S / stride)^2`` times.
 """
 
 from __future__ import annotations
@@ -17,19 +29,35 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["TRAINABLE_WHEN_PRETRAINED", "build_model", "load_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "STRIDE",
+    "TRAINABLE_WHEN_PRETRAINED",
+    "ImageScorer",
+    "build_model",
+    "load_model",
+]
 
 #: the parameter groups the paper fine-tunes when starting from ImageNet weights
 TRAINABLE_WHEN_PRETRAINED = ("maxpool", "layer3", "layer4", "fc")
 
+#: classifier architectures: name -> what ``model.json`` says of it
+ARCHITECTURES = {
+    "window": "torchvision resnet34, 1 input channel, max-pool replaced by a stride-2 convolution, 1 logit; "
+    "one forward pass per window",
+    "image": "the same resnet34 trunk once over the whole image; each window's logit from roi_align of its box "
+    "on the stride-32 feature map (averaged over the box) and the linear head",
+}
 
-def build_model(init_weights: str | os.PathLike | None = None) -> nn.Module:
-    """ResNet34 window classifier ``(B, 1, S, S) -> (B, 1)`` logits.
+#: the trunk's total stride: conv1, the strided stem convolution, layer2, layer3 and layer4 halve the size
+STRIDE = 32
 
-    Parameters
-    ----------
-    init_weights : path of a torchvision ``resnet34`` state dict (ImageNet), or None to train from scratch.
-    """
+#: roi_align's sampling grid over a box (the mean over it is the box's feature)
+_POOL = 4
+
+
+def _resnet(init_weights: str | os.PathLike | None) -> nn.Module:
+    """torchvision's resnet34 with one grey input channel, a strided stem convolution and one logit."""
     model = torchvision.models.resnet34(weights=None)
     if init_weights is not None:
         state = torch.load(init_weights, map_location="cpu", weights_only=True)
@@ -54,8 +82,64 @@ def build_model(init_weights: str | os.PathLike | None = None) -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
+class ImageScorer(nn.Module):
+    """All windows of an image in one pass: ``forward(images (B, 1, H, W), boxes (N, 5)) -> (N,)`` logits.
+
+    ``boxes`` rows are ``(batch index, x0, y0, x1, y1)`` in pixels (a window at
+    corner ``(y, x)`` of size ``S`` is ``(b, x, y, x + S, y + S)``).  The parameter
+    names are those of the ``window`` architecture, so a state dict (or ImageNet
+    weights) loads into either.
+
+    >>> scorer = ImageScorer(_resnet(None)).eval()
+    >>> boxes = torch.tensor([[0, 0, 0, 64, 64], [0, 32, 32, 96, 96]], dtype=torch.float32)
+    >>> scorer(torch.zeros(1, 1, 96, 96), boxes).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc"):
+            setattr(self, name, getattr(net, name))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk: ``(B, 1, H, W)`` -> ``(B, 512, ceil(H / 32), ceil(W / 32))``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pool(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Each box's logit from a feature map (``features`` of the images that ``boxes`` index)."""
+        from torchvision.ops import roi_align
+
+        pooled = roi_align(
+            features, boxes.to(features.dtype), output_size=_POOL, spatial_scale=1 / STRIDE, sampling_ratio=2,
+            aligned=True,
+        )  # fmt: skip
+        return self.fc(pooled.mean(dim=(2, 3))).view(-1)
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(images), boxes)
+
+
+def build_model(init_weights: str | os.PathLike | None = None, arch: str = "window") -> nn.Module:
+    """A window classifier of architecture ``arch`` (see :data:`ARCHITECTURES`).
+
+    Parameters
+    ----------
+    init_weights : path of a torchvision ``resnet34`` state dict (ImageNet), or None to train from scratch.
+
+    >>> build_model()(torch.zeros(2, 1, 64, 64)).shape
+    torch.Size([2, 1])
+    >>> type(build_model(arch="image")).__name__
+    'ImageScorer'
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; one of {', '.join(ARCHITECTURES)}")
+    net = _resnet(init_weights)
+    return ImageScorer(net) if arch == "image" else net
+
+
+def load_model(path: str | os.PathLike, arch: str = "window") -> nn.Module:
     """A trained classifier from an exported ``model.pt`` (state dict, loaded with ``weights_only``)."""
-    model = build_model()
+    model = build_model(arch=arch)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
