@@ -7,12 +7,16 @@ this prints, measured in one run on this machine:
 * batched: seconds for the whole (121, 228, 228) batch -> windows/s and s/window;
 * one by one: the same code on ``--single`` windows, one at a time -> s/window;
 * the ratio of the two, the peak memory of the batched run, and the median
-  similarity of the estimates to the true kernel (to show speed costs no quality).
+  similarity of the estimates to the true kernel (to show speed costs no quality);
+* with ``--device gpu --compare-cpu N``: the NumPy estimator on N of the same windows (spread
+  over the grid) on this machine's CPUs, its s/window, the GPU's speed-up per window over it,
+  and the median similarity of the GPU's and the CPU's estimates of those N windows.
 
 Usage::
 
     python benchmarks/estimate.py                       # CPU, kernel sizes 27 and 55
     python benchmarks/estimate.py --device gpu          # CuPy on the current GPU
+    python benchmarks/estimate.py --device gpu --compare-cpu 8   # and NumPy on 8 of the windows
     python benchmarks/estimate.py --estimator pan-l0 --kernel-sizes 27 --profile 8   # where the time goes
 """
 
@@ -50,7 +54,9 @@ def _sync(device: str) -> None:
         cupy.cuda.Device().synchronize()
 
 
-def bench(kernel_size: int, device: str, single: int, estimator_name: str, image_size: int) -> dict:
+def bench(
+    kernel_size: int, device: str, single: int, estimator_name: str, image_size: int, compare_cpu: int = 0
+) -> dict:
     sample = load_builtin("builtin:camera", size=image_size, kernel_size=kernel_size, seed=kernel_size)
     windows = windows_of(sample.blurred, 228, 20)
     est = estimators.get(estimator_name)
@@ -83,7 +89,7 @@ def bench(kernel_size: int, device: str, single: int, estimator_name: str, image
 
     sims = [float(similarity(k, sample.kernel)) for k in to_numpy(kernels)]
     n = len(windows)
-    return {
+    result = {
         "kernel_size": kernel_size,
         "windows": n,
         "batched_s": batched,
@@ -93,6 +99,28 @@ def bench(kernel_size: int, device: str, single: int, estimator_name: str, image
         "speedup": one / (batched / n),
         "peak_mb": peak / 2**20,
         "median_similarity": statistics.median(sims),
+    }
+    if compare_cpu and device != "cpu":
+        result.update(cpu_reference(est, windows, kernel_size, sample.kernel, sims, compare_cpu))
+        result["cpu_ratio"] = result["cpu_s_per_window"] / result["s_per_window"]
+    return result
+
+
+def cpu_reference(est, windows: np.ndarray, kernel_size: int, true_kernel: np.ndarray, sims: list, count: int) -> dict:
+    """The NumPy estimator on ``count`` of the same windows (spread over the grid, one batch): its s/window
+    and the median similarity of its estimates beside that of the device's estimates of the same windows."""
+    index = np.unique(np.linspace(0, len(windows) - 1, min(count, len(windows))).round().astype(int))
+    start = time.perf_counter()
+    kernels = est(windows[index], kernel_size)
+    seconds = time.perf_counter() - start
+    cpu = [float(similarity(k, true_kernel)) for k in kernels]
+    device = [sims[i] for i in index]
+    return {
+        "cpu_windows": len(index),
+        "cpu_s_per_window": seconds / len(index),
+        "cpu_median_similarity": statistics.median(cpu),
+        "device_median_similarity": statistics.median(device),
+        "max_similarity_difference": max(abs(a - b) for a, b in zip(cpu, device, strict=True)),
     }
 
 
@@ -128,6 +156,13 @@ def main() -> None:
     ap.add_argument("--estimator", default="l0grad")
     ap.add_argument("--image-size", type=int, default=450)
     ap.add_argument("--profile", type=int, metavar="N", help="instead: cProfile one CPU batch of N windows")
+    ap.add_argument(
+        "--compare-cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --device gpu: also run NumPy on N of the same windows (speed-up, similarity)",
+    )
     args = ap.parse_args()
     if args.profile:
         for ks in args.kernel_sizes:
@@ -144,19 +179,27 @@ def main() -> None:
         f"device: {args.device} ({where}), {len(os.sched_getaffinity(0))} CPU cores, "
         f"estimator {estimators.get(args.estimator).id}"
     )
+    compare = args.compare_cpu if args.device == "gpu" else 0
+    extra = " CPU s/window | GPU vs CPU per window | median similarity GPU / CPU (same windows) | max abs diff |"
     print(
         "| kernel | windows | batch s | windows/s | s/window batched | s/window one-by-one | speed-up | "
-        "peak MiB | median similarity |"
+        "peak MiB | median similarity |" + (extra if compare else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if compare else ""))
     for ks in args.kernel_sizes:
-        r = bench(ks, args.device, args.single, args.estimator, args.image_size)
-        print(
-            f"| {ks} | {r['windows']} | {r['batched_s']:.1f} | {r['windows_per_s']:.2f} | {r['s_per_window']:.3f} | "
-            f"{r['single_s_per_window']:.3f} | {r['speedup']:.2f}x | {r['peak_mb']:.0f} | "
-            f"{r['median_similarity']:.3f} |",
-            flush=True,
+        r = bench(ks, args.device, args.single, args.estimator, args.image_size, compare)
+        row = (
+            f"| {ks} | {r['windows']} | {r['batched_s']:.2f} | {r['windows_per_s']:.2f} | {r['s_per_window']:.4f} | "
+            f"{r['single_s_per_window']:.4f} | {r['speedup']:.2f}x | {r['peak_mb']:.0f} | "
+            f"{r['median_similarity']:.3f} |"
         )
+        if compare:
+            row += (
+                f" {r['cpu_s_per_window']:.4f} ({r['cpu_windows']} windows) | {r['cpu_ratio']:.1f}x | "
+                f"{r['device_median_similarity']:.3f} / {r['cpu_median_similarity']:.3f} | "
+                f"{r['max_similarity_difference']:.1e} |"
+            )
+        print(row, flush=True)
 
 
 if __name__ == "__main__":
