@@ -37,6 +37,7 @@ from kernels_gpu import estimators
 from kernels_gpu.estimators.dark_channel import DarkChannelTerm, dark_channel, write_back, write_back_sequential
 from kernels_gpu.estimators.pan_l0 import blind_deconv
 from kernels_gpu.similarity import similarity
+from pipeline.labels import estimate_kernel_size
 
 
 def _unit(path: pathlib.Path) -> np.ndarray:
@@ -106,7 +107,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for title, blurred, truth in inputs:
-        size = truth.shape[0] + 4
+        size = estimate_kernel_size(truth.shape[0])
         start = time.perf_counter()
         fast = est(blurred[None], size)[0]
         t_fast = time.perf_counter() - start

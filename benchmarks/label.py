@@ -34,7 +34,7 @@ from kernels_gpu import estimators
 from kernels_gpu.kernels import delta
 from kernels_gpu.similarity import similarity
 from pipeline.distributed import RayOptions, init_ray, label_image, run_labels
-from pipeline.labels import plan_labels, read_labels
+from pipeline.labels import estimate_kernel_size, plan_labels, read_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 
@@ -125,10 +125,11 @@ def levin(levin_dir: pathlib.Path, workdir: pathlib.Path) -> None:
     sims = table["similarity"].to_numpy()
     # the floor: a delta of the estimate's size against each window's true kernel
     by_image = {r["image_id"]: r for r in images.to_pylist()}
+    rows = [by_image[i] for i in table["image_id"].to_pylist()]
+    truths = [store.kernel(r["kernel_index"], r["kernel_size"]) for r in rows]
     floor = np.array([
-        float(similarity(delta(by_image[i]["kernel_size"] + 4), store.kernel(by_image[i]["kernel_index"],
-                                                                               by_image[i]["kernel_size"])))
-        for i in table["image_id"].to_pylist()
+        float(similarity(delta(estimate_kernel_size(r["kernel_size"])), truth))
+        for r, truth in zip(rows, truths, strict=True)
     ])  # fmt: skip
     print(
         f"store: {images.num_rows} images (Levin 4 sharp x 8 kernels, noise 2/255, 255 px), "

@@ -46,6 +46,7 @@ from kernels_gpu import estimators
 from kernels_gpu.kernels import delta
 from kernels_gpu.metrics import error_ratio
 from kernels_gpu.similarity import similarity
+from pipeline.labels import estimate_kernel_size
 
 
 def _unit(path: pathlib.Path, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -98,7 +99,7 @@ def summary(rows) -> dict:
 def run_set(title, pairs, estimator, reference_similarity, table=True):
     rows = []
     for name, blurred, sharp, truth in pairs:
-        size = truth.shape[0] + 4
+        size = estimate_kernel_size(truth.shape[0])
         start = time.perf_counter()
         kernel = np.asarray(estimator(blurred[None], size))[0]
         seconds = time.perf_counter() - start

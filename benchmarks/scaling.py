@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import os
 import pathlib
 import sys
 import tempfile
@@ -83,8 +81,9 @@ def store_costs(store: Store, label: str) -> dict[str, float]:
 def actor_round_trip() -> float:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    from pipeline.distributed import init_ray
+
+    init_ray()  # as the labelling driver starts it
 
     @ray.remote(num_cpus=0.5)
     class Echo:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import click
 
 from pipeline.files import InputError
+from pipeline.store import DEFAULT_STRIDE, DEFAULT_WINDOW
 
 from ._shell import CONTEXT, Progress, user_errors
 
@@ -72,8 +73,8 @@ def _parse_pairs(value: str) -> int | None:
     metavar="crop|resize",
     help="Folder pictures: centre-crop, or resize the short side first.",
 )  # checked by SynthConfig, so a bad value is a one-line error like every other
-@click.option("--window", type=int, default=228, show_default=True, help="Window side (px).")
-@click.option("--stride", type=int, default=20, show_default=True, help="Window stride (px).")
+@click.option("--window", type=int, default=DEFAULT_WINDOW, show_default=True, help="Window side (px).")
+@click.option("--stride", type=int, default=DEFAULT_STRIDE, show_default=True, help="Window stride (px).")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the kernels, the noise and the --pairs subset."
 )
@@ -154,10 +155,16 @@ def synth(
     help="CSV with columns blurred,kernel[,sharp] (default: pair files by name).",
 )
 @click.option(
-    "--window", type=int, default=None, help="Window side of a new store (px)  [default: 228; a store keeps its own]"
+    "--window",
+    type=int,
+    default=None,
+    help=f"Window side of a new store (px)  [default: {DEFAULT_WINDOW}; a store keeps its own]",
 )
 @click.option(
-    "--stride", type=int, default=None, help="Window stride of a new store (px)  [default: 20; a store keeps its own]"
+    "--stride",
+    type=int,
+    default=None,
+    help=f"Window stride of a new store (px)  [default: {DEFAULT_STRIDE}; a store keeps its own]",
 )
 @WAIT
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -42,7 +42,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from kernels_gpu import estimators
     from pipeline.distributed import RayOptions, run_labels
     from pipeline.files import write_png
-    from pipeline.labels import plan_labels, read_labels
+    from pipeline.labels import estimate_kernel_size, plan_labels, read_labels
     from pipeline.store import Store
     from pipeline.synth import SynthConfig, run_synth
     from training.evaluate import SELECTORS, EvalConfig, plan_jobs, run_evaluate
@@ -109,7 +109,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     config = SelectConfig(
         model_dir=str(model),
         out=str(root / "select"),
-        kernel_size=example["kernel_size"] + 4,
+        kernel_size=estimate_kernel_size(example["kernel_size"]),
         name=f"{example['sharp_source']} (validation image)",
     )
     selected = run_select(blurred, config, truth)

@@ -48,11 +48,12 @@ def select(
 
     Writes windows.json (ranked windows), heatmap.png, kernel.npy/.png and deblurred.png to OUT.
     """
+    from pipeline.labels import estimate_kernel_size
     from training.select import MAX_PIXELS, SelectConfig, run_select
 
     pixels, truth = load_input(image)
     if kernel_size is None:
-        kernel_size = truth.shape[0] + 4 if truth is not None else 31
+        kernel_size = estimate_kernel_size(truth.shape[0]) if truth is not None else 31
     config = SelectConfig(
         model_dir=model, out=out, kernel_size=kernel_size, estimator=estimator, window=window, stride=stride,
         top=top, name=pathlib.Path(image).name,

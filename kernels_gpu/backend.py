@@ -74,12 +74,21 @@ def _cupy() -> ModuleType | None:
 
 
 def gpu_available() -> bool:
-    """True when CuPy imports, a CUDA device answers and the CPU is not forced."""
+    """True when CuPy imports, a CUDA device answers and the CPU is not forced.
+
+    >>> isinstance(gpu_available(), bool)  # True where CuPy sees a CUDA device
+    True
+    """
     return _cupy() is not None
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
-    """NumPy or CuPy, whichever owns the arrays (NumPy for non-arrays)."""
+    """NumPy or CuPy, whichever owns the arrays (NumPy for non-arrays).
+
+    >>> import numpy as np
+    >>> get_array_module(np.zeros(3)).__name__, get_array_module([1, 2], 1.0).__name__
+    ('numpy', 'numpy')
+    """
     for a in arrays:
         mod = type(a).__module__
         if mod.startswith("cupy"):
@@ -91,14 +100,27 @@ def get_array_module(*arrays: Any) -> ModuleType:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """A host copy of ``x`` (no copy when it already is a NumPy array)."""
+    """A host copy of ``x`` (no copy when it already is a NumPy array).
+
+    >>> import numpy as np
+    >>> a = np.zeros(3)
+    >>> to_numpy(a) is a, to_numpy([1, 2]).tolist()
+    (True, [1, 2])
+    """
     if type(x).__module__.startswith("cupy"):
         return x.get()
     return np.asarray(x)
 
 
 def to_device(x: Any, device: str = "cpu") -> Any:
-    """Move ``x`` to ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy, current device)."""
+    """Move ``x`` to ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy, current device).
+
+    >>> type(to_device([1.0, 2.0], "cpu")).__name__
+    'ndarray'
+    >>> to_device([1.0], "tpu")
+    Traceback (most recent call last):
+    ValueError: unknown device 'tpu' (expected 'cpu' or 'gpu')
+    """
     if device == "cpu":
         return to_numpy(x)
     if device == "gpu":
@@ -110,7 +132,12 @@ def to_device(x: Any, device: str = "cpu") -> Any:
 
 
 def ndimage(xp: ModuleType) -> ModuleType:
-    """``scipy.ndimage`` or ``cupyx.scipy.ndimage`` to match ``xp``."""
+    """``scipy.ndimage`` or ``cupyx.scipy.ndimage`` to match ``xp``.
+
+    >>> import numpy as np
+    >>> ndimage(np).__name__
+    'scipy.ndimage'
+    """
     if xp is np:
         import scipy.ndimage
 
@@ -163,7 +190,11 @@ def fft_threads() -> int:
 
 
 def next_fast_len(n: int) -> int:
-    """Smallest size >= n that FFTs fast on both pocketfft and cuFFT (5-smooth)."""
+    """Smallest size >= n that FFTs fast on both pocketfft and cuFFT (5-smooth).
+
+    >>> [next_fast_len(n) for n in (7, 11, 97, 128)]
+    [8, 12, 100, 128]
+    """
     # 5-smooth sizes are fast for both; scipy's own next_fast_len would allow 7 and 11,
     # which cuFFT handles with slower kernels.
     m = int(n)
@@ -178,7 +209,11 @@ def next_fast_len(n: int) -> int:
 
 
 def prev_fast_len(n: int) -> int:
-    """Largest 5-smooth size <= n (for cropping a window to a fast FFT size)."""
+    """Largest 5-smooth size <= n (for cropping a window to a fast FFT size).
+
+    >>> [prev_fast_len(n) for n in (7, 11, 97, 128)]
+    [6, 10, 96, 128]
+    """
     m = int(n)
     while m > 1 and next_fast_len(m) != m:
         m -= 1
@@ -194,7 +229,14 @@ def _fft_module(x: Any) -> tuple[ModuleType, dict]:
 
 
 def rfft2(x: Any, s: tuple[int, int] | None = None) -> Any:
-    """Real FFT over the last two axes (zero-padded to ``s`` if given)."""
+    """Real FFT over the last two axes (zero-padded to ``s`` if given).
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((2, 6, 7))
+    >>> spectrum = rfft2(x)
+    >>> spectrum.shape, bool(np.isclose(spectrum[0, 0, 0].real, x[0].sum())), rfft2(x, s=(8, 8)).shape
+    ((2, 6, 4), True, (2, 8, 5))
+    """
     mod, kw = _fft_module(x)
     return mod.rfft2(x, s=s, axes=(-2, -1), **kw)
 
@@ -204,6 +246,11 @@ def irfft2(x: Any, s: tuple[int, int], overwrite: bool = False) -> Any:
 
     ``overwrite=True`` lets the FFT use ``x`` as scratch (its contents are then undefined),
     which saves pocketfft a copy of the spectrum: about a quarter of a float32 inverse.
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((2, 6, 7))
+    >>> bool(np.allclose(irfft2(rfft2(x), s=(6, 7)), x))
+    True
     """
     mod, kw = _fft_module(x)
     return mod.irfft2(x, s=s, axes=(-2, -1), overwrite_x=overwrite, **kw)

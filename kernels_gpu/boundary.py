@@ -38,6 +38,11 @@ def taper_weights(kernel: Any, shape: tuple[int, int]) -> Any:
     Returns
     -------
     (..., H, W) float: the outer product of the two 1-D tapers.
+
+    >>> import numpy as np
+    >>> w = taper_weights(np.full((3, 3), 1 / 9), (8, 8))
+    >>> w.shape, np.round(w[:, 4], 3).tolist()  # a ramp as long as the kernel reaches
+    ((8, 8), [0.0, 0.333, 0.667, 1.0, 1.0, 0.667, 0.333, 0.0])
     """
     row = _taper_1d(kernel.sum(axis=-1), shape[0])
     col = _taper_1d(kernel.sum(axis=-2), shape[1])
@@ -49,6 +54,14 @@ def edgetaper(image: Any, kernel: Any) -> Any:
 
     ``out = w * image + (1 - w) * (image circularly convolved with kernel)`` with the
     weights of :func:`taper_weights`.  Kernels broadcast over the batch axes.
+
+    >>> import numpy as np
+    >>> image, box = np.random.default_rng(0).random((16, 16)), np.full((3, 3), 1 / 9)
+    >>> out = edgetaper(image, box)
+    >>> out.shape, bool(np.allclose(out[3:-3, 3:-3], image[3:-3, 3:-3]))  # the middle is kept
+    ((16, 16), True)
+    >>> bool(np.allclose(edgetaper(np.ones((8, 8)), box), 1))  # a flat image is its own blur
+    True
     """
     xp = get_array_module(image, kernel)
     H, W = image.shape[-2:]
@@ -59,7 +72,12 @@ def edgetaper(image: Any, kernel: Any) -> Any:
 
 
 def pad_reflect(image: Any, pad: int) -> Any:
-    """Symmetric padding by ``pad`` pixels on every side of the last two axes."""
+    """Symmetric padding by ``pad`` pixels on every side of the last two axes.
+
+    >>> import numpy as np
+    >>> pad_reflect(np.array([[1, 2], [3, 4]]), 1).tolist()
+    [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    """
     xp = get_array_module(image)
     widths = [(0, 0)] * (image.ndim - 2) + [(pad, pad), (pad, pad)]
     return xp.pad(image, widths, mode="symmetric")
@@ -71,6 +89,11 @@ def dst1_2d(x: Any) -> Any:
     ``y[k, l] = sum_ij x[i, j] sin(pi (k+1)(i+1) / (n+1)) sin(pi (l+1)(j+1) / (m+1))``; applying it
     twice multiplies by ``(n + 1)(m + 1) / 4``.  Written with :func:`rfft2` so it runs on NumPy and
     CuPy alike (``x`` : (..., n, m) float).
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((3, 4))
+    >>> bool(np.allclose(dst1_2d(dst1_2d(x)), x * (3 + 1) * (4 + 1) / 4))
+    True
     """
     xp = get_array_module(x)
     n, m = x.shape[-2:]
@@ -127,6 +150,14 @@ def wrap_boundary(image: Any, shape: tuple[int, int]) -> Any:
     Returns
     -------
     (..., H2, W2) of ``image``'s dtype.
+
+    >>> import numpy as np
+    >>> image = np.random.default_rng(0).random((6, 6))
+    >>> out = wrap_boundary(image, (10, 10))
+    >>> out.shape, bool(np.array_equal(out[:6, :6], image))
+    ((10, 10), True)
+    >>> bool(np.allclose(wrap_boundary(np.ones((4, 4)), (8, 8)), 1))  # a flat image extends flat
+    True
     """
     xp = get_array_module(image)
     H, W = image.shape[-2:]

@@ -17,7 +17,11 @@ __all__ = ["convolve", "convolve_adjoint", "correlate", "kernel_otf", "output_sh
 
 
 def output_shape(image_shape: tuple[int, int], kernel_shape: tuple[int, int], mode: Mode) -> tuple[int, int]:
-    """Spatial shape of ``convolve(image, kernel, mode)``, as ``scipy.signal.convolve2d`` gives it."""
+    """Spatial shape of ``convolve(image, kernel, mode)``, as ``scipy.signal.convolve2d`` gives it.
+
+    >>> [output_shape((5, 6), (3, 3), mode) for mode in ("full", "same", "valid")]
+    [(7, 8), (5, 6), (3, 4)]
+    """
     (H, W), (h, w) = image_shape, kernel_shape
     if mode == "full":
         return H + h - 1, W + w - 1
@@ -53,6 +57,15 @@ def convolve(image: Any, kernel: Any, mode: Mode = "full") -> Any:
     Returns
     -------
     (..., H', W') array of the result dtype of ``image`` and ``kernel``.
+
+    >>> import numpy as np
+    >>> images, kernel = np.random.default_rng(0).random((2, 6, 7)), np.random.default_rng(1).random((3, 3))
+    >>> full = convolve(images, kernel)
+    >>> full.shape, bool(np.allclose(full.sum(axis=(1, 2)), images.sum(axis=(1, 2)) * kernel.sum()))
+    ((2, 8, 9), True)
+    >>> below = np.zeros((3, 3)); below[2, 1] = 1  # a delta one row below the middle
+    >>> bool(np.allclose(convolve(images, below, "same")[:, 1:], images[:, :-1]))  # moves the images one row down
+    True
     """
     xp = get_array_module(image, kernel)
     image, kernel = xp.asarray(image), xp.asarray(kernel)
@@ -69,7 +82,14 @@ def convolve(image: Any, kernel: Any, mode: Mode = "full") -> Any:
 
 
 def correlate(image: Any, kernel: Any, mode: Mode = "full") -> Any:
-    """2-D cross-correlation: convolution with the kernel flipped in both axes."""
+    """2-D cross-correlation: convolution with the kernel flipped in both axes.
+
+    >>> import numpy as np
+    >>> image = np.random.default_rng(0).random((6, 7))
+    >>> auto = correlate(image, image)
+    >>> auto.shape, [int(i) for i in np.unravel_index(auto.argmax(), auto.shape)]  # peak at zero lag
+    ((11, 13), [5, 6])
+    """
     return convolve(image, kernel[..., ::-1, ::-1], mode)
 
 
@@ -78,6 +98,13 @@ def convolve_adjoint(result: Any, kernel: Any, image_shape: tuple[int, int], mod
 
     The forward map is a crop of the full convolution, so the adjoint zero-pads
     ``result`` back to the full shape and correlates it with the kernel ('valid').
+
+    >>> import numpy as np
+    >>> x, kernel = np.random.default_rng(0).random((6, 7)), np.random.default_rng(1).random((3, 3))
+    >>> y = np.random.default_rng(2).random((4, 5))  # the shape of a 'valid' result
+    >>> lhs = (convolve(x, kernel, "valid") * y).sum()  # <A x, y> = <x, A^T y>
+    >>> bool(np.isclose(lhs, (x * convolve_adjoint(y, kernel, (6, 7), "valid")).sum()))
+    True
     """
     xp = get_array_module(result, kernel)
     h, w = kernel.shape[-2:]
@@ -103,6 +130,17 @@ def kernel_otf(kernel: Any, shape: tuple[int, int]) -> Any:
     Returns
     -------
     (..., H, W // 2 + 1) complex
+
+    >>> import numpy as np
+    >>> from kernels_gpu.backend import irfft2, rfft2
+    >>> kernel = np.array([[0.0, 0.0, 0.0], [0.0, 0.5, 0.25], [0.0, 0.25, 0.0]])
+    >>> otf = kernel_otf(kernel, (8, 8))
+    >>> otf.shape, round(float(otf[0, 0].real), 6)  # the DC gain is the kernel's sum
+    ((8, 5), 1.0)
+    >>> impulse = np.zeros((8, 8)); impulse[3, 3] = 1
+    >>> blurred = irfft2(rfft2(impulse) * otf, s=(8, 8))  # the kernel, centred on the impulse
+    >>> bool(np.allclose(blurred[2:5, 2:5], kernel))
+    True
     """
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]

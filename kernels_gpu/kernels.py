@@ -24,14 +24,25 @@ __all__ = [
 
 
 def normalize(kernel: Any) -> Any:
-    """Scale each kernel to sum 1; an all-zero kernel stays all zero (no NaN)."""
+    """Scale each kernel to sum 1; an all-zero kernel stays all zero (no NaN).
+
+    >>> import numpy as np
+    >>> normalize(np.array([[0.0, 2.0], [1.0, 1.0]])).tolist(), normalize(np.zeros((2, 2))).tolist()
+    ([[0.0, 0.5], [0.25, 0.25]], [[0.0, 0.0], [0.0, 0.0]])
+    """
     xp = get_array_module(kernel)
     total = kernel.sum(axis=(-2, -1), keepdims=True)
     return kernel / xp.where(total > 0, total, 1)
 
 
 def delta(size: int, batch: tuple[int, ...] = (), xp: Any = None, dtype: Any = "float32") -> Any:
-    """Identity kernels (all mass on the centre pixel), shape ``batch + (size, size)``."""
+    """Identity kernels (all mass on the centre pixel), shape ``batch + (size, size)``.
+
+    >>> delta(3).tolist()
+    [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    >>> delta(5, (2, 4)).shape
+    (2, 4, 5, 5)
+    """
     import numpy as np
 
     xp = xp or np
@@ -41,7 +52,13 @@ def delta(size: int, batch: tuple[int, ...] = (), xp: Any = None, dtype: Any = "
 
 
 def centroid(kernel: Any) -> tuple[Any, Any]:
-    """Centre of mass ``(cy, cx)`` of each kernel, shapes ``kernel.shape[:-2]``."""
+    """Centre of mass ``(cy, cx)`` of each kernel, shapes ``kernel.shape[:-2]``.
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((5, 5)); kernel[1, 1:4] = 1 / 3  # a line in row 1, columns 1-3
+    >>> [float(c) for c in centroid(kernel)]
+    [1.0, 2.0]
+    """
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]
     total = kernel.sum(axis=(-2, -1))
@@ -68,7 +85,14 @@ def _shift(kernel: Any, dy: Any, dx: Any) -> Any:
 
 
 def center(kernel: Any) -> Any:
-    """Move each kernel's centroid to the middle pixel by a rounded integer shift (zero fill)."""
+    """Move each kernel's centroid to the middle pixel by a rounded integer shift (zero fill).
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((5, 5)); kernel[1, 1:4] = 1 / 3
+    >>> moved = center(kernel)
+    >>> [float(c) for c in centroid(moved)], bool(np.array_equal(moved[2], kernel[1]))  # one row down
+    ([2.0, 2.0], True)
+    """
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]
     cy, cx = centroid(kernel)
@@ -78,7 +102,12 @@ def center(kernel: Any) -> Any:
 
 
 def threshold(kernel: Any, relative: float) -> Any:
-    """Zero the entries below ``relative * max`` of their own kernel."""
+    """Zero the entries below ``relative * max`` of their own kernel.
+
+    >>> import numpy as np
+    >>> threshold(np.array([[0.01, 0.5], [0.2, 1.0]]), 0.1).tolist()  # below 10 % of the peak: 0
+    [[0.0, 0.5], [0.2, 1.0]]
+    """
     xp = get_array_module(kernel)
     peak = kernel.max(axis=(-2, -1), keepdims=True)
     return xp.where(kernel < relative * peak, 0, kernel).astype(kernel.dtype, copy=False)
@@ -89,6 +118,12 @@ def remove_small_components(kernel: Any, min_mass: float = 0.1) -> Any:
 
     Components are labelled for the whole batch at once: a 3-D structuring element
     that connects pixels only within one kernel keeps kernels apart.
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((6, 6)); kernel[0, 0] = 0.05; kernel[3, 2:5] = 0.95 / 3  # a speck and a stroke
+    >>> cleaned = remove_small_components(kernel, min_mass=0.1)
+    >>> float(cleaned[0, 0]), round(float(cleaned.sum()), 6)  # the speck (5 % of the mass) goes
+    (0.0, 0.95)
     """
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]
@@ -113,6 +148,14 @@ def clean(kernel: Any, relative_threshold: float = 0.05, min_mass: float = 0.1) 
     Clip negatives, zero entries below ``relative_threshold`` of the peak, drop
     connected components lighter than ``min_mass``, centre on the centroid and
     normalise to sum 1.  A kernel that ends up empty becomes a delta.
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((7, 7)); kernel[5, 2:6] = [0.2, 0.4, 0.3, 0.1]; kernel[1, 1] = 0.01; kernel[0, 6] = -0.05
+    >>> k = clean(kernel)  # the faint and the negative pixels go, the stroke moves to the centre row
+    >>> np.round(k[3], 3).tolist(), int((k > 0).sum()), round(float(k.sum()), 6)
+    ([0.0, 0.0, 0.2, 0.4, 0.3, 0.1, 0.0], 4, 1.0)
+    >>> bool(np.array_equal(clean(np.zeros((5, 5))), delta(5, dtype=float)))  # nothing left: a delta
+    True
     """
     xp = get_array_module(kernel)
     k = xp.maximum(kernel, 0)
@@ -128,7 +171,14 @@ def clean(kernel: Any, relative_threshold: float = 0.05, min_mass: float = 0.1) 
 
 
 def fit_size(kernel: Any, size: int) -> Any:
-    """Crop or zero-pad each kernel symmetrically to ``size x size`` around its middle pixel."""
+    """Crop or zero-pad each kernel symmetrically to ``size x size`` around its middle pixel.
+
+    >>> import numpy as np
+    >>> fit_size(np.ones((1, 1)), 3).tolist()  # zero-padded around the middle pixel
+    [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    >>> fit_size(np.arange(25.0).reshape(5, 5), 3).tolist()  # cropped around it
+    [[6.0, 7.0, 8.0], [11.0, 12.0, 13.0], [16.0, 17.0, 18.0]]
+    """
     xp = get_array_module(kernel)
     h, w = kernel.shape[-2:]
     out = xp.zeros((*kernel.shape[:-2], size, size), dtype=kernel.dtype)

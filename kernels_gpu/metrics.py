@@ -46,6 +46,12 @@ def psnr(estimate: Any, reference: Any, data_range: float = 1.0, crop: int = 0) 
     Returns
     -------
     (...) float64 array (0-d for single images); ``inf`` where the images are equal.
+
+    >>> import numpy as np
+    >>> round(float(psnr(np.full((4, 4), 0.5), np.full((4, 4), 0.6))), 6)  # MSE 0.01: 20 dB
+    20.0
+    >>> float(psnr(np.zeros((2, 2)), np.zeros((2, 2))))
+    inf
     """
     xp = get_array_module(estimate, reference)
     a = _crop(xp.asarray(estimate, dtype=xp.float64), crop)
@@ -115,6 +121,13 @@ def aligned_ssd(
     shift : (..., 2) float64, only if ``return_shift``
         ``(dy, dx)``: ``estimate(y + dy, x + dx)`` best matches ``reference(y, x)``,
         so an estimate that is the reference moved by ``(+a, +b)`` gives ``(a, b)``.
+
+    >>> import numpy as np
+    >>> reference = np.random.default_rng(0).random((24, 24))
+    >>> estimate = np.roll(reference, (2, -1), axis=(0, 1))  # moved 2 px down and 1 px left
+    >>> ssd, shift = aligned_ssd(estimate, reference, max_shift=3, step=0.5, crop=3, return_shift=True)
+    >>> round(float(ssd), 6), shift.tolist()
+    (0.0, [2.0, -1.0])
     """
     xp = get_array_module(estimate, reference)
     est = xp.asarray(estimate, dtype=xp.float64)
@@ -206,6 +219,18 @@ def error_ratio(
     -------
     (B,) or () float64; ``inf`` if only the true kernel gives a perfect
     reconstruction, 1 if both do.
+
+    >>> import numpy as np
+    >>> from kernels_gpu.conv import convolve
+    >>> from kernels_gpu.kernels import delta
+    >>> sharp = np.kron(np.random.default_rng(0).random((8, 8)), np.ones((6, 6)))
+    >>> kernel = np.zeros((7, 7)); kernel[3, :] = 1 / 7
+    >>> blurred = convolve(np.pad(sharp, 3, mode="symmetric"), kernel, "valid")
+    >>> grid = {"max_shift": 2, "step": 0.5, "crop": 4}  # a coarse shift search keeps the example quick
+    >>> float(error_ratio(blurred, sharp, kernel, kernel, **grid))  # the true kernel: 1
+    1.0
+    >>> bool(error_ratio(blurred, sharp, delta(7), kernel, **grid) > 3)  # no deblurring at all: a failure
+    True
     """
     if deconvolve_fn is None:
         from .deconv import deconvolve as deconvolve_fn

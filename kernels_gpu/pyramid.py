@@ -22,6 +22,12 @@ def downsample(image: Any, factor: float) -> Any:
 
     The anti-alias Gaussian has sigma ``(factor - 1) / 2`` (scikit-image's choice);
     samples sit on pixel centres (grid mode), output size ``ceil(H / factor)``.
+
+    >>> import numpy as np
+    >>> images = np.random.default_rng(0).random((2, 9, 10)).astype(np.float32)
+    >>> small = downsample(images, 2.0)
+    >>> small.shape, small.dtype, bool(np.allclose(downsample(np.ones((9, 10)), 2.0), 1))
+    ((2, 5, 5), dtype('float32'), True)
     """
     if factor == 1:
         return image
@@ -38,7 +44,14 @@ def downsample(image: Any, factor: float) -> Any:
 
 
 def upsample(image: Any, shape: tuple[int, int]) -> Any:
-    """Bicubic resampling of ``(..., h, w)`` to ``(..., *shape)`` on the pixel-centre grid."""
+    """Bicubic resampling of ``(..., h, w)`` to ``(..., *shape)`` on the pixel-centre grid.
+
+    >>> import numpy as np
+    >>> upsample(np.zeros((2, 3, 4)), (6, 8)).shape
+    (2, 6, 8)
+    >>> bool(np.allclose(upsample(np.full((3, 4), 0.5), (6, 8)), 0.5))  # a flat image stays flat
+    True
+    """
     xp = get_array_module(image)
     h, w = image.shape[-2:]
     lead = image.shape[:-2]
@@ -48,7 +61,11 @@ def upsample(image: Any, shape: tuple[int, int]) -> Any:
 
 
 def kernel_sizes(kernel_size: int, factor: float, min_size: int = 3) -> list[int]:
-    """Odd kernel sizes from fine to coarse: ``k, odd(k * factor), ...`` while >= ``min_size``."""
+    """Odd kernel sizes from fine to coarse: ``k, odd(k * factor), ...`` while >= ``min_size``.
+
+    >>> kernel_sizes(31, 0.5), kernel_sizes(9, 2**-0.5)
+    ([31, 15, 7, 3], [9, 7, 5, 3])
+    """
     sizes = [int(kernel_size)]
     while True:
         k = int(sizes[-1] * factor)
@@ -99,6 +116,11 @@ def levin_downsample(image: Any, ratio: float) -> Any:
     The prefilter is ``exp(-2 ratio^2 x^2)`` (standard deviation ``1 / (2 ratio)`` pixels) with 5 %
     cut from each tail; the output samples the filtered image at ``0, 1/ratio, 2/ratio, ...``
     (size ``floor((n - 1) ratio) + 1`` of the filtered size ``n``).  ``ratio`` in (0, 1].
+
+    >>> import numpy as np
+    >>> small = levin_downsample(np.ones((20, 20)), 0.5)
+    >>> small.shape, bool(np.allclose(small, small[0, 0]))  # 5 taps leave 16 samples: every second one
+    ((8, 8), True)
     """
     if ratio == 1:
         return image
@@ -140,6 +162,14 @@ def imresize_cubic(kernel: Any, scale: float) -> Any:
 
     Pan's ``resizeKer`` carries the kernel to the next finer scale this way; the output is
     ``ceil(n scale)`` square, and may have small negative lobes (the caller clips them).
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((1, 5, 5)); kernel[0, 2, 1:4] = 1 / 3
+    >>> big = imresize_cubic(kernel, 2.0)
+    >>> big.shape, round(float(big.sum()), 6), bool(np.allclose(big, big[..., ::-1]))  # 4x the mass, same symmetry
+    ((1, 10, 10), 4.0, True)
+    >>> bool(np.allclose(imresize_cubic(np.ones((1, 3, 3)), 1.5), 1))
+    True
     """
     xp = get_array_module(kernel)
     if scale < 1:

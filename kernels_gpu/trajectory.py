@@ -2,7 +2,9 @@
 
 The camera path is a 2-D random walk with constant speed: a centripetal pull back
 towards the start, a Gaussian shake and, rarely, a "big shake" that nearly reverses
-the direction (algorithms.md §4; the generator DeblurGAN ports).  A kernel is the
+the direction (G. Boracchi, A. Foi, "Modeling the Performance of Image Restoration
+From Motion Blur", IEEE TIP 21(8), 2012; the generator DeblurGAN ports in
+``motion_blur/generate_trajectory.py``, Kupyn et al., CVPR 2018).  A kernel is the
 time density of that path: every sample is splatted bilinearly onto the grid.
 
 Two deliberate departures from DeblurGAN:
@@ -83,6 +85,13 @@ class TrajectoryParams:
     margin : float
         Distance (px) kept free between the rendered path and the kernel's border;
         1 keeps a one-pixel zero frame.
+
+    >>> params = TrajectoryParams(expl=0)  # no shake: a straight path
+    >>> params.iterations, params.max_len, params.exposure
+    (2000, 60.0, 1.0)
+    >>> TrajectoryParams(canvas=32)
+    Traceback (most recent call last):
+    ValueError: canvas (32) must be at least max_len + 1 (61.0) px
     """
 
     canvas: int = 64
@@ -134,6 +143,14 @@ def random_trajectory(rng: np.random.Generator, params: TrajectoryParams | None 
     (iterations,) complex128
         Positions in canvas pixels (real = x, imaginary = y), bounding box centred on
         the canvas; consecutive samples are ``max_len / (iterations - 1)`` apart.
+
+    >>> import numpy as np
+    >>> path = random_trajectory(np.random.default_rng(0))
+    >>> path.shape, round(float(np.abs(np.diff(path)).sum()), 6)  # 2000 samples, 60 px long
+    ((2000,), 60.0)
+    >>> box = complex(path.real.max() + path.real.min(), path.imag.max() + path.imag.min()) / 2
+    >>> round(box.real, 6), round(box.imag, 6)  # centred on the 64 px canvas
+    (31.5, 31.5)
     """
     p = params or TrajectoryParams()
     n = p.iterations - 1
@@ -210,6 +227,11 @@ def trajectory_to_kernel(
     -------
     (size, size) float32
         Non-negative, sum 1, centroid within 0.5 px of ``(size // 2, size // 2)``.
+
+    >>> import numpy as np
+    >>> kernel = trajectory_to_kernel(np.arange(5), 7)  # a horizontal path: a line in the middle row
+    >>> kernel.dtype, [round(float(v), 3) for v in kernel[3]], float(kernel.sum() - kernel[3].sum())
+    (dtype('float32'), [0.0, 0.167, 0.222, 0.222, 0.222, 0.167, 0.0], 0.0)
     """
     size = _check_size(size)
     if not 0 < exposure <= 1:
@@ -282,6 +304,14 @@ def camera_shake_kernel(rng: np.random.Generator, size: int, params: TrajectoryP
     -------
     (size, size) float32
         Non-negative, sum 1, centred on its centroid.
+
+    >>> import numpy as np
+    >>> from kernels_gpu.kernels import centroid
+    >>> kernel = camera_shake_kernel(np.random.default_rng(0), 15)
+    >>> kernel.shape, round(float(kernel.sum()), 5), bool((kernel >= 0).all())
+    ((15, 15), 1.0, True)
+    >>> [round(float(c)) for c in centroid(kernel)]  # centred
+    [7, 7]
     """
     p = params or TrajectoryParams()
     size = _check_size(size)
@@ -314,6 +344,13 @@ def camera_shake_kernels(
     Returns
     -------
     list of (size_i, size_i) float32
+
+    >>> import numpy as np
+    >>> kernels = camera_shake_kernels(4, (11, 21), seed=0)
+    >>> [k.shape[0] for k in kernels]  # odd sizes drawn from 11-21
+    [19, 17, 17, 21]
+    >>> all(np.array_equal(a, b) for a, b in zip(kernels, camera_shake_kernels(2, (11, 21), seed=0)))
+    True
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")

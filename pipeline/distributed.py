@@ -130,7 +130,12 @@ class LabelWorker:
 
 
 def init_ray(
-    address: str | None = None, object_store_mb: int = 1024, *, log_to_driver: bool = False, dashboard: bool = False
+    address: str | None = None,
+    object_store_mb: int = 1024,
+    *,
+    log_to_driver: bool = False,
+    dashboard: bool = False,
+    num_cpus: int | None = None,
 ) -> None:
     """Join the Ray cluster at ``address``, or start a local Ray sized to this machine; nothing if Ray is up.
 
@@ -138,7 +143,8 @@ def init_ray(
     (``address="local"``): ``ray.init()`` alone would join a cluster it finds through
     ``RAY_ADDRESS`` or ``/tmp/ray`` and then refuse ``num_cpus``.
     ``dashboard=True`` leaves ``ray.init``'s default (the dashboard starts): Ray Train V2 needs
-    its State API, or it logs an error every second of a ``fit()`` (``../shared/docs/stack.md``).
+    its State API, or it logs "Failed to query Ray Train Controller actor state" every second of a
+    ``fit()``.  ``num_cpus``: the local instance's logical CPUs (default: the cores this process may use).
     """
     import ray
 
@@ -151,7 +157,7 @@ def init_ray(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         address="local",
-        num_cpus=len(os.sched_getaffinity(0)),
+        num_cpus=num_cpus or len(os.sched_getaffinity(0)),
         include_dashboard=None if dashboard else False,
         logging_level=logging.WARNING,
         object_store_memory=object_store_mb * 2**20,

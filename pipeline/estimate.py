@@ -48,10 +48,8 @@ def get_estimator(name: str, params: Iterable[str] = ()) -> estimators.Estimator
     """
     try:
         base = estimators.get(name)
-    except KeyError:
-        raise InputError(
-            f"estimator: unknown estimator {name!r} (registered: {', '.join(estimators.available())})"
-        ) from None
+    except KeyError as exc:  # the registry's message: unknown estimator 'x' (registered: ...)
+        raise InputError(f"estimator: {exc.args[0]}") from None
     fields = {f.name for f in dataclasses.fields(base.params)}
     overrides: dict[str, Any] = {}
     for item in params:

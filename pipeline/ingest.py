@@ -37,7 +37,7 @@ from .files import (
     read_image,
     read_kernel_raw,
 )
-from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, Store, check_window_grid, kernel_capacity
+from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, NewImages, Store, check_window_grid, kernel_capacity
 
 __all__ = ["IngestConfig", "IngestResult", "run_ingest"]
 
@@ -146,8 +146,6 @@ def run_ingest(store: Store, config: IngestConfig, progress: Any = None, *, wait
 
 
 def _ingest_locked(store: Store, config: IngestConfig, triples: list, progress: Any) -> IngestResult:
-    import pyarrow.compute as pc
-
     bdir, kdir = pathlib.Path(config.blurred), pathlib.Path(config.kernels)
     sdir = pathlib.Path(config.sharp) if config.sharp else None
     window, stride = config.window, config.stride
@@ -164,21 +162,11 @@ def _ingest_locked(store: Store, config: IngestConfig, triples: list, progress: 
         stride = DEFAULT_STRIDE if stride is None else stride
         check_window_grid(window, stride)
     capacity = manifest["kernel_capacity"] if manifest else kernel_capacity(window)
-    stored_blurred = {
-        b: (a, i)
-        for b, a, i in zip(
-            *(images[c].to_pylist() for c in ("blurred_source", "blurred_array", "blurred_index")), strict=True
-        )
-        if b is not None
-    }
-    stored_sharps = {
-        s: (a, i)
-        for s, a, i, o in zip(
-            *(images[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index", "origin")), strict=True
-        )
-        if s and o == "ingest"
-    }
-    stored_kernels = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
+    new = NewImages(images)
+    stored_blurred = new.stored("blurred")
+    # a synthesised image's sharp row is a crop of its picture: not shared
+    stored_sharps = new.stored("sharp", origin="ingest")
+    stored_kernels = dict(new.kernels)
 
     # read and check everything first
     def key(folder, path):
@@ -222,49 +210,33 @@ def _ingest_locked(store: Store, config: IngestConfig, triples: list, progress: 
     if not todo:
         return IngestResult(0, len(triples))
 
-    manifest = store.create(window, stride)
-    kernel_rows = dict(stored_kernels)
-    sharp_rows = dict(stored_sharps)  # a synthesised image's sharp row is a crop of its picture: not shared
-    next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
-    next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0
-    next_row: dict[str, int] = {}
-
-    def take(array: str, column: str, index_column: str) -> int:
-        if array not in next_row:
-            rows = images.filter(pc.equal(images[column], array))
-            next_row[array] = int(pc.max(rows[index_column]).as_py()) + 1 if rows.num_rows else 0
-        next_row[array] += 1
-        return next_row[array] - 1
-
-    rows, writes = [], []
+    store.create(window, stride)
+    sharp_rows = dict(stored_sharps)
+    writes = []
     for bkey, kkey, skey in todo:
-        if kkey not in kernel_rows:
-            kernel_rows[kkey] = next_kernel
-            next_kernel += 1
-            writes.append(("kernels", kernel_rows[kkey], fit_size(kernel_px[kkey], capacity)))
-        h, w = blurred_px[bkey].shape
-        bucket = f"{h}x{w}"
+        kernel_index, new_kernel = new.kernel_row(kkey, capacity)
+        if new_kernel:
+            writes.append(("kernels", kernel_index, fit_size(kernel_px[kkey], capacity)))
+        shape = blurred_px[bkey].shape
+        bucket = f"{shape[0]}x{shape[1]}"
         if skey is not None and skey not in sharp_rows:
-            sharp_rows[skey] = (f"sharp/{bucket}", take(f"sharp/{bucket}", "sharp_array", "sharp_index"))
-            writes.append(sharp_rows[skey] + (sharp_px[skey],))
-        b_index = take(f"blurred/{bucket}", "blurred_array", "blurred_index")
-        writes.append((f"blurred/{bucket}", b_index, blurred_px[bkey]))
-        s_array, s_index = sharp_rows[skey] if skey is not None else (None, None)
-        rows.append({
-            "image_id": next_id, "origin": "ingest", "sharp_source": skey, "kernel_source": kkey,
-            "blurred_source": bkey, "height": h, "width": w, "kernel_size": kernel_px[kkey].shape[0],
-            "noise_sigma": None, "seed": None, "blurred_array": f"blurred/{bucket}", "blurred_index": b_index,
-            "sharp_array": s_array, "sharp_index": s_index, "kernel_index": kernel_rows[kkey],
-        })  # fmt: skip
-        next_id += 1
+            sharp_rows[skey] = (f"sharp/{bucket}", new.take(f"sharp/{bucket}", shape))
+            writes.append((*sharp_rows[skey], sharp_px[skey]))
+        blurred = (f"blurred/{bucket}", new.take(f"blurred/{bucket}", shape))
+        writes.append((*blurred, blurred_px[bkey]))
+        new.add(
+            "ingest",
+            sharp_source=skey,
+            kernel_source=kkey,
+            blurred_source=bkey,
+            blurred=blurred,
+            sharp=sharp_rows[skey] if skey is not None else None,
+            kernel_size=kernel_px[kkey].shape[0],
+        )
 
     # grow every array once, then write the chunks, then the tables that make them visible
-    sizes: dict[str, tuple[int, tuple[int, ...]]] = {}
-    for name, index, pixels in writes:
-        rows_needed = max(sizes.get(name, (0, ()))[0], index + 1)
-        sizes[name] = (rows_needed, pixels.shape)
     if progress is not None and hasattr(progress, "set_total"):
-        progress.set_total(len(rows))
+        progress.set_total(len(new.rows))
 
     def write_pixels(arrays: dict[str, Any]) -> None:
         for name, index, pixels in writes:
@@ -272,5 +244,5 @@ def _ingest_locked(store: Store, config: IngestConfig, triples: list, progress: 
             if progress is not None and name.startswith("blurred/"):
                 progress(1)
 
-    store.append_images(images, rows, sizes, write_pixels, {"command": "ingest", "config": config.run_record()})
-    return IngestResult(len(rows), len(triples) - len(todo))
+    store.append_images(new, write_pixels, {"command": "ingest", "config": config.run_record()})
+    return IngestResult(len(new.rows), len(triples) - len(todo))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels_gpu.conv import convolve
 from kernels_gpu.trajectory import camera_shake_kernel
 
 from .files import InputError
@@ -85,24 +84,18 @@ def sharp_sample(name: str) -> np.ndarray:
 def load_builtin(spec: str, size: int = 256, kernel_size: int = 21, noise_sigma: float = 0.01, seed: int = 0) -> Sample:
     """The built-in blurred sample ``builtin:NAME`` (deterministic for the same arguments).
 
-    The sharp picture is resized so its short side is ``size + kernel_size - 1``,
-    centre-cropped, blurred with 'valid' convolution (no artificial border: a
-    camera sees beyond the frame), then noise of ``noise_sigma`` is added and the
-    result clipped to [0, 1].
+    Made as ``synth`` makes its images: the sharp picture is resized so its short side is
+    ``size + kernel_size - 1`` and centre-cropped (:func:`~pipeline.synth.fit_picture`), blurred
+    with 'valid' convolution (no artificial border: a camera sees beyond the frame), then noise
+    of ``noise_sigma`` is added and the result clipped to [0, 1]
+    (:func:`~pipeline.synth.blur_like_camera`).
     """
-    from skimage.transform import resize
+    from .synth import blur_like_camera, fit_picture
 
     name = spec[len(PREFIX) :] if is_builtin(spec) else spec
-    picture = sharp_sample(name)
-    big = size + kernel_size - 1
-    scale = big / min(picture.shape)
-    shape = (max(big, round(picture.shape[0] * scale)), max(big, round(picture.shape[1] * scale)))
-    picture = resize(picture, shape, anti_aliasing=True, preserve_range=True).astype(np.float32)
-    y0, x0 = (shape[0] - big) // 2, (shape[1] - big) // 2
-    picture = picture[y0 : y0 + big, x0 : x0 + big]
+    picture = fit_picture(sharp_sample(name), size + kernel_size - 1, True, spec)
     rng = np.random.default_rng(seed)
     kernel = camera_shake_kernel(rng, kernel_size)
-    blurred = convolve(picture, kernel, "valid")
-    blurred = np.clip(blurred + noise_sigma * rng.standard_normal(blurred.shape), 0, 1).astype(np.float32)
+    blurred = blur_like_camera(picture, kernel, size, noise_sigma, rng)
     r = kernel_size // 2
     return Sample(name, blurred, picture[r : r + size, r : r + size].copy(), kernel)

@@ -26,14 +26,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from kernels_gpu.conv import convolve
 from kernels_gpu.kernels import fit_size
 
 from . import schema
 from .files import IMAGE_SUFFIXES, InputError, read_image
-from .store import Store, check_window_grid
+from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, NewImages, Store, check_window_grid
 
 __all__ = ["SynthConfig", "SynthResult", "run_synth"]
 
@@ -52,8 +51,8 @@ class SynthConfig:
     margin: int = 32  # scene pixels kept beyond each side of the output for the blur
     noise_sigma: float = 2.0  # in 8-bit units
     fit: str = "crop"  # "crop" or "resize" (folders; builtin pictures are always resized)
-    window: int = 228
-    stride: int = 20
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
     seed: int = 0
     pairs: int | None = None  # None: every pair; N: a seeded random subset of N pairs
     workers: int = field(default=0, compare=False)  # 0: all cores
@@ -247,13 +246,6 @@ def _select_pairs(n_sharp: int, n_kernels: int, pairs: int | None, seed: int) ->
     return [everything[c] for c in sorted(chosen)]
 
 
-def _next_index(images: pa.Table, array_column: str, index_column: str, name: str) -> int:
-    import pyarrow.compute as pc
-
-    rows = images.filter(pc.equal(images[array_column], name))
-    return int(pc.max(rows[index_column]).as_py()) + 1 if rows.num_rows else 0
-
-
 def run_synth(
     store: Store, config: SynthConfig, progress: Callable[[int], None] | None = None, *, wait: bool = False
 ) -> SynthResult:
@@ -301,43 +293,32 @@ def _synth_locked(
     synthesised = images.filter(pc.equal(images["origin"], "synth"))
     done = set(zip(synthesised["sharp_source"].to_pylist(), synthesised["kernel_source"].to_pylist(), strict=True))
     todo = [(i, j) for i, j in pairs if (sharps[i][0], kernels[j][0]) not in done]
-    stored_sharps = {
-        s: (a, i)
-        for s, a, i in zip(
-            *(synthesised[c].to_pylist() for c in ("sharp_source", "sharp_array", "sharp_index")), strict=True
-        )
-    }
+    new = NewImages(images)
+    stored_sharps = new.stored("sharp", origin="synth")
     pictures = {}
     for i in sorted({i for i, _ in todo} | {i for i, (key, _) in enumerate(sharps) if key in stored_sharps}):
         key, loader = sharps[i]
         pictures[i] = fit_picture(loader(), config.region, config.fit == "resize" or key.startswith("builtin:"), key)
-    stored_kernels = dict(zip(images["kernel_source"].to_pylist(), images["kernel_index"].to_pylist(), strict=True))
-    _check_stored_sources(store, stored_kernels, stored_sharps, sharps, kernels, pictures, config)
+    _check_stored_sources(store, new.kernels, stored_sharps, sharps, kernels, pictures, config)
     already = len(pairs) - len(todo)
     if not todo:
         return SynthResult(0, images.num_rows, len(pairs), time.perf_counter() - start, already)
     manifest = store.create(config.window, config.stride)
 
     capacity = manifest["kernel_capacity"]
-    kernel_rows = dict(stored_kernels)
-    sharp_rows = dict(stored_sharps)
-    next_kernel = int(pc.max(images["kernel_index"]).as_py()) + 1 if images.num_rows else 0
     used_kernels: dict[int, np.ndarray] = {}  # kernel row -> kernel, for every pair to make
-    first_new_kernel = next_kernel
+    new_kernels: dict[int, np.ndarray] = {}  # those not in the store yet (stored ones are never rewritten)
     for j in sorted({j for _, j in todo}):
         key, k = kernels[j]
-        if key not in kernel_rows:
-            kernel_rows[key] = next_kernel
-            next_kernel += 1
-        used_kernels[kernel_rows[key]] = k
+        row, is_new = new.kernel_row(key, capacity)
+        used_kernels[row] = k
+        if is_new:
+            new_kernels[row] = k
 
+    shape = (config.size, config.size)
     bucket = f"{config.size}x{config.size}"
     blurred_name, sharp_name = f"blurred/{bucket}", f"sharp/{bucket}"
-    next_blurred = _next_index(images, "blurred_array", "blurred_index", blurred_name)
-    next_sharp = _next_index(images, "sharp_array", "sharp_index", sharp_name)
-    next_id = int(pc.max(images["image_id"]).as_py()) + 1 if images.num_rows else 0
-
-    rows: list[dict[str, Any]] = []
+    sharp_rows = dict(stored_sharps)
     tasks: list[_Task] = []
     by_sharp: dict[int, list[int]] = {}
     for i, j in todo:
@@ -346,48 +327,42 @@ def _synth_locked(
         sharp_key = sharps[i][0]
         write_sharp = sharp_key not in sharp_rows
         if write_sharp:
-            sharp_rows[sharp_key] = (sharp_name, next_sharp)
-            next_sharp += 1
+            sharp_rows[sharp_key] = (sharp_name, new.take(sharp_name, shape))
         s_array, s_index = sharp_rows[sharp_key]
         jobs = []
         for j in js:
             kernel_key, k = kernels[j]
-            jobs.append((next_blurred, kernel_key, kernel_rows[kernel_key]))
-            rows.append({
-                "image_id": next_id, "origin": "synth", "sharp_source": sharp_key, "kernel_source": kernel_key,
-                "blurred_source": None, "height": config.size, "width": config.size, "kernel_size": k.shape[0],
-                "noise_sigma": config.noise_sigma / 255.0, "seed": config.seed, "blurred_array": blurred_name,
-                "blurred_index": next_blurred, "sharp_array": s_array, "sharp_index": s_index,
-                "kernel_index": kernel_rows[kernel_key],
-            })  # fmt: skip
-            next_id += 1
-            next_blurred += 1
+            blurred = (blurred_name, new.take(blurred_name, shape))
+            jobs.append((blurred[1], kernel_key, new.kernels[kernel_key]))
+            new.add(
+                "synth",
+                sharp_source=sharp_key,
+                kernel_source=kernel_key,
+                blurred=blurred,
+                sharp=(s_array, s_index),
+                kernel_size=k.shape[0],
+                noise_sigma=config.noise_sigma / 255.0,
+                seed=config.seed,
+            )
         tasks.append(
             _Task(store, config, sharp_key, s_array, s_index, write_sharp, blurred_name, tuple(jobs), pictures[i])
         )
 
     if progress is not None and hasattr(progress, "set_total"):
-        progress.set_total(len(rows))
+        progress.set_total(len(new.rows))
 
     def write_pixels(arrays: dict[str, Any]) -> None:
-        for row, k in used_kernels.items():
-            if row >= first_new_kernel:  # kernels already in the store belong to their images: never rewritten
-                arrays["kernels"][row] = fit_size(k, capacity)
+        for row, k in new_kernels.items():
+            arrays["kernels"][row] = fit_size(k, capacity)
         _execute(tasks, used_kernels, config, store, progress)
 
     store.append_images(
-        images,
-        rows,
-        {
-            blurred_name: (next_blurred, (config.size, config.size)),
-            sharp_name: (next_sharp, (config.size, config.size)),
-            "kernels": (next_kernel, (capacity, capacity)),
-        },
+        new,
         write_pixels,
         {"command": "synth", "config": {k: v for k, v in asdict(config).items() if k != "workers"}},
         synth=config.store_settings(),
     )
-    return SynthResult(len(rows), images.num_rows, len(pairs), time.perf_counter() - start, already)
+    return SynthResult(len(new.rows), images.num_rows, len(pairs), time.perf_counter() - start, already)
 
 
 def _source_path(folder: str, key: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 
@@ -13,14 +12,10 @@ def local_ray(num_cpus: int = 2):
     """Start (or reuse) a local Ray; workers get the project on their path."""
     import ray
 
+    from pipeline.distributed import init_ray
+
     if ray.is_initialized():
         return ray
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=512 * 2**20,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    init_ray(object_store_mb=512, num_cpus=num_cpus)
     return ray

@@ -44,6 +44,11 @@ class Estimator:
     run : ``run(windows (B, H, W), kernel_size, params) -> (B, k, k) float32``
     summary : one line for ``goodregions estimators``
     run_joint : ``run_joint(windows (K, H, W), kernel_size, params) -> (k, k) float32``, one kernel for all
+
+    >>> from kernels_gpu import estimators
+    >>> est = estimators.get("l0grad", gamma=30)
+    >>> est.name, est.params.gamma, est.id == estimators.get("l0grad").id
+    ('l0grad', 30, False)
     """
 
     name: str
@@ -55,13 +60,25 @@ class Estimator:
 
     @property
     def id(self) -> str:
-        """``name@version-hash8``: stable across processes, changes with any parameter."""
+        """``name@version-hash8``: stable across processes, changes with any parameter.
+
+        >>> from kernels_gpu import estimators
+        >>> est = estimators.get("l0grad")
+        >>> est.id.startswith("l0grad@1-"), len(est.id.split("-")[-1]), est.id == estimators.get("l0grad").id
+        (True, 8, True)
+        """
         blob = json.dumps(dataclasses.asdict(self.params), sort_keys=True, default=repr)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
         return f"{self.name}@{self.version}-{digest}"
 
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable description (id, name, version, parameters)."""
+        """JSON-serialisable description (id, name, version, parameters).
+
+        >>> from kernels_gpu import estimators
+        >>> description = estimators.get("l0grad").describe()
+        >>> sorted(description), description["params"]["iterations"]
+        (['id', 'name', 'params', 'version'], 5)
+        """
         return {"id": self.id, "name": self.name, "version": self.version, "params": dataclasses.asdict(self.params)}
 
     def __call__(self, windows: Any, kernel_size: int, *, fft_workers: int | None = None) -> Any:
@@ -116,21 +133,38 @@ _REGISTRY: dict[str, tuple[str, type, Callable, str, Callable | None]] = {}
 def register(
     name: str, version: str, params_type: type, run: Callable, summary: str = "", run_joint: Callable | None = None
 ) -> None:
-    """Add an estimator (its parameters' dataclass gives the defaults; ``run_joint`` its joint estimation)."""
+    """Add an estimator (its parameters' dataclass gives the defaults; ``run_joint`` its joint estimation).
+
+    >>> from kernels_gpu.estimators import l0grad
+    >>> register("l0grad", "1", l0grad.L0GradParams, l0grad.estimate)
+    Traceback (most recent call last):
+    ValueError: estimator 'l0grad' is already registered
+    """
     if name in _REGISTRY:
         raise ValueError(f"estimator {name!r} is already registered")
     _REGISTRY[name] = (version, params_type, run, summary, run_joint)
 
 
 def available() -> list[str]:
-    """Registered estimator names, sorted."""
+    """Registered estimator names, sorted.
+
+    >>> available()
+    ['dark-channel', 'l0grad', 'pan-l0']
+    """
     return sorted(_REGISTRY)
 
 
 def get(name: str, **overrides: Any) -> Estimator:
-    """The estimator ``name`` with default parameters, optionally overridden."""
+    """The estimator ``name`` with default parameters, optionally overridden.
+
+    >>> get("pan-l0", iterations=1).params.iterations
+    1
+    >>> get("nope")
+    Traceback (most recent call last):
+    KeyError: "unknown estimator 'nope' (registered: dark-channel, l0grad, pan-l0)"
+    """
     if name not in _REGISTRY:
-        raise KeyError(f"unknown estimator {name!r}; registered: {', '.join(available())}")
+        raise KeyError(f"unknown estimator {name!r} (registered: {', '.join(available())})")
     version, params_type, run, summary, run_joint = _REGISTRY[name]
     return Estimator(name, version, params_type(**overrides), run, summary, run_joint)
 

@@ -20,7 +20,12 @@ __all__ = [
 
 
 def crop_to_fast(windows: Any) -> Any:
-    """Centre crop of ``(..., H, W)`` to the largest 5-smooth sizes (fast FFTs)."""
+    """Centre crop of ``(..., H, W)`` to the largest 5-smooth sizes (fast FFTs).
+
+    >>> import numpy as np
+    >>> crop_to_fast(np.zeros((2, 37, 50))).shape  # 37 -> 36 = 2^2 3^2; 50 = 2 5^2 stays
+    (2, 36, 50)
+    """
     H, W = windows.shape[-2:]
     h, w = prev_fast_len(H), prev_fast_len(W)
     y0, x0 = (H - h) // 2, (W - w) // 2
@@ -28,7 +33,12 @@ def crop_to_fast(windows: Any) -> Any:
 
 
 def normalize_windows(windows: Any) -> Any:
-    """Min-max normalise each ``(H, W)`` window to [0, 1] (a flat window becomes 0)."""
+    """Min-max normalise each ``(H, W)`` window to [0, 1] (a flat window becomes 0).
+
+    >>> import numpy as np
+    >>> normalize_windows(np.array([[[2.0, 4.0], [6.0, 10.0]], [[3.0, 3.0], [3.0, 3.0]]])).tolist()
+    [[[0.0, 0.25], [0.5, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    """
     xp = get_array_module(windows)
     lo = windows.min(axis=(-2, -1), keepdims=True)
     span = windows.max(axis=(-2, -1), keepdims=True) - lo
@@ -36,7 +46,13 @@ def normalize_windows(windows: Any) -> Any:
 
 
 def extract_kernel(full: Any, size: int) -> Any:
-    """The ``size x size`` support around the origin of a circular kernel ``(..., H, W)``."""
+    """The ``size x size`` support around the origin of a circular kernel ``(..., H, W)``.
+
+    >>> import numpy as np
+    >>> full = np.zeros((8, 8)); full[0, 0], full[0, 1], full[-1, 0] = 0.5, 0.3, 0.2  # wrapped around the origin
+    >>> extract_kernel(full, 3).tolist()
+    [[0.0, 0.2, 0.0], [0.0, 0.5, 0.3], [0.0, 0.0, 0.0]]
+    """
     xp = get_array_module(full)
     H, W = full.shape[-2:]
     r = size // 2
@@ -46,14 +62,24 @@ def extract_kernel(full: Any, size: int) -> Any:
 
 
 def per_image(xp: Any, values: Any, dtype: Any) -> Any:
-    """Host per-image scalars ``(B,)`` as a ``(B, 1, 1)`` array of ``xp`` that broadcasts over windows."""
+    """Host per-image scalars ``(B,)`` as a ``(B, 1, 1)`` array of ``xp`` that broadcasts over windows.
+
+    >>> import numpy as np
+    >>> weights = per_image(np, [1.0, 2.0], np.float32)
+    >>> weights.shape, weights.dtype, (weights * np.ones((2, 3, 3))).sum(axis=(1, 2)).tolist()
+    ((2, 1, 1), dtype('float32'), [9.0, 18.0])
+    """
     return xp.asarray(np.asarray(values, dtype=np.float64).reshape(-1, 1, 1), dtype=dtype)
 
 
 def opt_fft_size(n: int) -> int:
     """The padded grid of Pan's code (Cho's ``opt_fft_size``): the smallest ``m >= n`` of the form
     ``2^a 3^b 5^c 7^d``, or such a number times 11 or 13 (FFTW's fast sizes; pocketfft's and
-    cuFFT's too)."""
+    cuFFT's too).
+
+    >>> [opt_fft_size(n) for n in (97, 121, 143, 176)]  # 2 7^2, 5^3, 2^4 3^2, 2^4 11
+    [98, 125, 144, 176]
+    """
     m = max(int(n), 1)
     while True:
         r = m
@@ -70,6 +96,13 @@ def fix_size(kernel: Any, size: int) -> Any:
 
     Trimming drops the lighter of the two outer rows (columns); growing adds a zero row
     (column) on the side of the heavier one.  The choice is made per kernel.
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((1, 4, 4)); kernel[0, 2:, 2:] = [[0.1, 0.2], [0.3, 0.4]]
+    >>> fix_size(kernel, 3)[0].tolist()  # the empty first row and column go
+    [[0.0, 0.0, 0.0], [0.0, 0.1, 0.2], [0.0, 0.3, 0.4]]
+    >>> fix_size(np.ones((2, 3, 3)), 5).shape
+    (2, 5, 5)
     """
     xp = get_array_module(kernel)
     k = kernel

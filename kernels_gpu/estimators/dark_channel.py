@@ -73,6 +73,13 @@ class DarkChannelParams(PanParams):
 
     patch_size : side of the dark channel's minimum filter
     write_back : ``"batched"`` (one scatter) or ``"sequential"`` (the reference's loop; NumPy only, slow)
+
+    >>> params = DarkChannelParams()
+    >>> params.patch_size, params.write_back, params.min_kernel_value
+    (35, 'batched', 0.0003)
+    >>> DarkChannelParams(patch_size=4)
+    Traceback (most recent call last):
+    ValueError: DarkChannelParams: patch_size must be odd and >= 1, got 4
     """
 
     min_kernel_value: float = 3e-4
@@ -111,6 +118,14 @@ def dark_channel(latent: Any, size: int) -> tuple[Any, Any]:
     index : (B, H, W) int64, flat index of each patch's arg-min in the image padded by
         ``size // 2`` (edge mode), ``(H + size - 1) * (W + size - 1)`` per image; ties go to
         the first in column-major order within the patch, as MATLAB's ``min(patch(:))``.
+
+    >>> import numpy as np
+    >>> latent = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    >>> dark, index = dark_channel(latent, 3)
+    >>> dark[0].tolist()  # the minimum of each 3 x 3 patch
+    [[0.0, 0.0, 1.0, 2.0], [0.0, 0.0, 1.0, 2.0], [4.0, 4.0, 5.0, 6.0], [8.0, 8.0, 9.0, 10.0]]
+    >>> divmod(int(index[0, 3, 3]), 6)  # the last patch's minimum: image (2, 2), i.e. (3, 3) of the 6 x 6 padding
+    (3, 3)
     """
     xp = get_array_module(latent)
     nd = ndimage(xp)
@@ -151,6 +166,12 @@ def write_back(latent: Any, dark: Any, index: Any, threshold: Any, size: int) ->
     deterministic), then the crop and the reference's untouched border.
 
     latent : (B, H, W) float; dark, index : from :func:`dark_channel`; threshold : (B, 1, 1)
+
+    >>> import numpy as np
+    >>> latent = np.array([[[0.0625, 0.5, 0.25], [0.75, 0.03125, 0.125]]], dtype=np.float32)
+    >>> dark, index = dark_channel(latent, 1)  # 1 x 1 patches: every pixel is its own minimum
+    >>> write_back(latent, dark, index, np.full((1, 1, 1), 0.01), 1).tolist()  # squares below 0.01 go
+    [[[0.0, 0.5, 0.25], [0.75, 0.0, 0.125]]]
     """
     xp = get_array_module(latent)
     r = size // 2
@@ -170,6 +191,15 @@ def write_back_sequential(latent: Any, dark: Any, index: Any, threshold: Any, si
     Window ``(m, n)``'s value (``dark``, or 0 where ``dark^2 < threshold``) is written to its
     arg-min pixel unless the window's current minimum, with the writes of earlier windows,
     already equals it.
+
+    >>> import numpy as np
+    >>> latent = np.random.default_rng(0).random((1, 12, 12), dtype=np.float32)
+    >>> dark, index = dark_channel(latent, 3)
+    >>> threshold = np.full((1, 1, 1), 0.04)
+    >>> u = write_back_sequential(latent, dark, index, threshold, 3)
+    >>> batched = write_back(latent, dark, index, threshold, 3)
+    >>> bool(np.all((u == batched) | (batched == 0)))  # the batched scatter zeroes a superset
+    True
     """
     latent_h = to_numpy(latent)
     dark_h, index_h = to_numpy(dark), to_numpy(index)
@@ -197,6 +227,11 @@ def otsu_level(x: Any) -> Any:
     Values are clipped to [0, 1] and binned by ``round(255 x)``; the level is the bin (mean of
     tied maxima) maximising the between-class variance, over 255; 0 when undefined.  Returns
     ``(B,)`` float64 on the device of ``x``.
+
+    >>> import numpy as np
+    >>> halves = np.where(np.arange(64).reshape(8, 8) % 8 < 4, 0.2, 0.8)  # two grey levels
+    >>> np.round(otsu_level(np.stack([halves, np.zeros((8, 8))])), 3).tolist()  # between them; 0 for a flat image
+    [0.498, 0.0]
     """
     xp = get_array_module(x)
     B = x.shape[0]
@@ -215,7 +250,16 @@ def otsu_level(x: Any) -> Any:
 
 
 class DarkChannelTerm:
-    """The dark channel pixel term of Pan et al. 2016 for :func:`.pan.l0_deblur`."""
+    """The dark channel pixel term of Pan et al. 2016 for :func:`.pan.l0_deblur`.
+
+    >>> import numpy as np
+    >>> term = DarkChannelTerm(DarkChannelParams(patch_size=1))
+    >>> latent = np.array([[[0.0625, 0.5, 0.25], [0.75, 0.03125, 0.125]]], dtype=np.float32)
+    >>> term(latent, lam=np.array([0.004]), beta=np.array([0.4])).tolist()  # zero where latent^2 < lam / beta
+    [[[0.0, 0.5, 0.25], [0.75, 0.0, 0.125]]]
+    >>> bool(np.isclose(term.beta_start(latent, np.array([0.004]))[0], 0.004 / otsu_level(latent * latent)[0]))
+    True
+    """
 
     def __init__(self, params: DarkChannelParams) -> None:
         self.size = params.patch_size
@@ -247,6 +291,13 @@ def estimate(windows: Any, kernel_size: int, params: DarkChannelParams | None = 
     -------
     (B, kernel_size, kernel_size) float32 kernels: sum 1, centred, convolution orientation,
     on the device of ``windows``.
+
+    >>> import numpy as np
+    >>> window = np.random.default_rng(0).random((1, 48, 48), dtype=np.float32)
+    >>> params = DarkChannelParams(iterations=1, patch_size=9)  # short, for the example
+    >>> kernels = estimate(np.concatenate([window, window]), 7, params)
+    >>> kernels.shape, np.round(kernels.sum(axis=(1, 2)), 5).tolist(), bool(np.array_equal(kernels[0], kernels[1]))
+    ((2, 7, 7), [1.0, 1.0], True)
     """
     params = params or DarkChannelParams()
     return blind_deconv(windows, kernel_size, params, DarkChannelTerm(params))
@@ -257,6 +308,13 @@ def estimate_joint(windows: Any, kernel_size: int, params: DarkChannelParams | N
 
     Latent images stay per window; the CG kernel step averages the windows' normal
     equations (``joint=True`` of :func:`.pan.blind_deconv`).
+
+    >>> import numpy as np
+    >>> window = np.random.default_rng(0).random((1, 48, 48), dtype=np.float32)
+    >>> params = DarkChannelParams(iterations=1, patch_size=9)
+    >>> shared = estimate_joint(np.concatenate([window, window]), 7, params)  # two copies of one window
+    >>> shared.shape, bool(np.allclose(shared, estimate(window, 7, params)[0], atol=1e-5))  # that window's kernel
+    ((7, 7), True)
     """
     params = params or DarkChannelParams()
     return blind_deconv(windows, kernel_size, params, DarkChannelTerm(params), joint=True)[0]

@@ -66,6 +66,13 @@ class L0GradParams:
     beta_max : end of the half-quadratic continuation of the image step
     kernel_threshold : entries below this fraction of the peak are zeroed
     min_component_mass : 8-connected components lighter than this are removed
+
+    >>> params = L0GradParams(gamma=30)
+    >>> params.gamma, params.iterations, params.scale_factor
+    (30, 5, 0.5)
+    >>> L0GradParams(scale_factor=2)
+    Traceback (most recent call last):
+    ValueError: l0grad: scale_factor must be in (0, 1), got 2
     """
 
     lam: float = 5e-3
@@ -96,7 +103,14 @@ class L0GradParams:
 
 
 def noise_sigma(v: Any) -> Any:
-    """Noise level of each window, ``(B, 1, 1)``: MAD of the finest diagonal Haar coefficients / 0.6745."""
+    """Noise level of each window, ``(B, 1, 1)``: MAD of the finest diagonal Haar coefficients / 0.6745.
+
+    >>> import numpy as np
+    >>> windows = 0.5 + 0.05 * np.random.default_rng(0).standard_normal((2, 64, 64))
+    >>> sigma = noise_sigma(windows)
+    >>> sigma.shape, np.round(sigma.ravel(), 2).tolist()  # the noise added: 0.05
+    ((2, 1, 1), [0.05, 0.05])
+    """
     xp = get_array_module(v)
     H, W = v.shape[-2:]
     a = v[..., : H - H % 2, : W - W % 2]
@@ -115,6 +129,20 @@ def l0_image_step(fv: Any, kotf: Any, dtd: Any, v: Any, lam: float, beta_max: fl
     kotf : (B, H, W//2+1) complex, kernel transfer functions
     dtd : (H, W//2+1) real, ``|F dx|^2 + |F dy|^2``
     v : (B, H, W) real, the blurred windows
+
+    >>> import numpy as np
+    >>> from kernels_gpu.backend import rfft2
+    >>> from kernels_gpu.conv import kernel_otf
+    >>> from kernels_gpu.gradients import difference_otf_energy
+    >>> from kernels_gpu.kernels import delta
+    >>> rng = np.random.default_rng(0)
+    >>> v = np.kron(rng.random((1, 4, 4)), np.ones((8, 8))) + 0.02 * rng.standard_normal((1, 32, 32))
+    >>> kotf, dtd = kernel_otf(delta(3, (1,)), (32, 32)), difference_otf_energy((32, 32), np)  # no blur
+    >>> u, fu = l0_image_step(rfft2(v), kotf, dtd, v, 1e-2, 1e5)
+    >>> def edges(x):
+    ...     return float((np.abs(np.diff(x, axis=-1)) > 1e-3).mean())
+    >>> u.shape, edges(u) < edges(v) / 2  # noise gone, the blocks' edges kept: far fewer non-zero gradients
+    ((1, 32, 32), True)
     """
     H, W = v.shape[-2:]
     ktf = kotf.conj() * fv

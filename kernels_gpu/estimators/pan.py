@@ -129,6 +129,13 @@ class PanParams:
     threshold_decay : the threshold is divided by this after each use
     threshold_retry : factor applied while the threshold would mask every gradient
     coarse_lambda_rule : at the coarsest scale, use the threshold as both weights when it is below lam_grad / 10
+
+    >>> params = PanParams()
+    >>> params.iterations, round(params.scale_factor, 4), params.beta_pixel_max
+    (5, 0.7071, 8.0)
+    >>> PanParams(kappa=1.0)
+    Traceback (most recent call last):
+    ValueError: PanParams: kappa must be > 1, got 1.0
     """
 
     lam_pixel: float = 4e-3
@@ -180,7 +187,15 @@ class PanParams:
 
 
 class PixelTerm(Protocol):
-    """The pixel term of the latent-image step of :func:`l0_deblur` (intensity or dark channel)."""
+    """The pixel term of the latent-image step of :func:`l0_deblur` (intensity or dark channel).
+
+    >>> import numpy as np
+    >>> from kernels_gpu.estimators.pan_l0 import intensity_term  # a PixelTerm
+    >>> latent, lam = np.array([[[0.05, 0.75]]], dtype=np.float32), np.array([4e-3])
+    >>> beta = intensity_term.beta_start(latent, lam)
+    >>> beta.tolist(), intensity_term(latent, lam, beta).tolist()  # 0.05^2 < lam / beta = 0.5 < 0.75^2
+    ([0.008], [[[0.0, 0.75]]])
+    """
 
     def beta_start(self, latent: Any, lam: np.ndarray) -> np.ndarray:
         """First ``beta_p`` of each image, ``(B,)`` host float64, from the blurred images and the weights ``lam``."""
@@ -213,6 +228,20 @@ def l0_deblur(
     Returns
     -------
     (B, H, W) float32 latent images.
+
+    >>> import numpy as np
+    >>> from kernels_gpu.conv import kernel_otf
+    >>> from kernels_gpu.kernels import delta
+    >>> from kernels_gpu.estimators.pan_l0 import intensity_term
+    >>> rng = np.random.default_rng(0)
+    >>> blurred = (np.kron(rng.random((1, 6, 6)), np.ones((8, 8))) + 0.02 * rng.standard_normal((1, 48, 48)))
+    >>> blurred = blurred.astype(np.float32)
+    >>> weights = np.array([4e-3])
+    >>> latent = l0_deblur(blurred, kernel_otf(delta(3, (1,)), (48, 48)), weights, weights, intensity_term, PanParams())
+    >>> def edges(x):
+    ...     return float((np.abs(np.diff(x, axis=-1)) > 1e-3).mean())
+    >>> latent.shape, latent.dtype, edges(latent) < edges(blurred) / 2  # the noise's gradients go
+    ((1, 48, 48), dtype('float32'), True)
     """
     xp = get_array_module(blurred)
     H, W = blurred.shape[-2:]
@@ -265,7 +294,12 @@ def l0_deblur(
 
 
 def pyramid(kernel_size: int, params: PanParams) -> tuple[list[int], list[float]]:
-    """Kernel sizes and image ratios, finest first (``blind_deconv.m``): ``ceil(ks r^s)`` made odd."""
+    """Kernel sizes and image ratios, finest first (``blind_deconv.m``): ``ceil(ks r^s)`` made odd.
+
+    >>> sizes, ratios = pyramid(25, PanParams())
+    >>> sizes, [round(r, 3) for r in ratios]
+    ([25, 19, 13, 9, 7], [1.0, 0.707, 0.5, 0.354, 0.25])
+    """
     r = params.scale_factor
     levels = max(math.floor(math.log(params.min_kernel_size / kernel_size) / math.log(r)), 0) + 1
     ratios = [float(v) for v in r ** np.arange(levels)]
@@ -275,7 +309,13 @@ def pyramid(kernel_size: int, params: PanParams) -> tuple[list[int], list[float]
 
 
 def bar_kernel(size: int, batch: int, xp: Any) -> Any:
-    """The coarsest scale's start: ``k(c, c:c+1) = 1/2`` with MATLAB's ``c = (size - 1) / 2`` (1-based)."""
+    """The coarsest scale's start: ``k(c, c:c+1) = 1/2`` with MATLAB's ``c = (size - 1) / 2`` (1-based).
+
+    >>> import numpy as np
+    >>> kernel = bar_kernel(5, 1, np)
+    >>> kernel.shape, kernel[0, 1].tolist(), float(kernel.sum())  # row 1, columns 1-2 (MATLAB's k(2, 2:3))
+    ((1, 5, 5), [0.0, 0.5, 0.5, 0.0, 0.0], 1.0)
+    """
     k = xp.zeros((batch, size, size), dtype=xp.float32)
     c = (size - 1) // 2 - 1
     k[:, max(c, 0), max(c, 0) : max(c, 0) + 2] = 0.5
@@ -286,6 +326,11 @@ def upscale_kernel(kernel: Any, size: int, ratio: float) -> Any:
     """Carry kernels to the next finer scale (``resizeKer``).
 
     Bicubic ``imresize`` by ``1 / ratio``, negative lobes clipped, ``fixsize`` to ``size``, normalised.
+
+    >>> import numpy as np
+    >>> finer = upscale_kernel(bar_kernel(5, 2, np), 7, PanParams().scale_factor)
+    >>> finer.shape, np.round(finer.sum(axis=(-2, -1)), 6).tolist(), bool((finer >= 0).all())
+    ((2, 7, 7), [1.0, 1.0], True)
     """
     xp = get_array_module(kernel)
     zoomed = xp.maximum(imresize_cubic(kernel, 1 / ratio), 0)
@@ -300,6 +345,16 @@ def gradient_threshold(gx: Any, gy: Any, kernel_size: int, params: PanParams) ->
     ``threshold_step`` (up to 2) such that every bin keeps ``max(gradient_pixels * ks, 10)``
     pixels at or above it: the smallest over bins of that many-th largest ``|grad|^2``,
     rounded down to the grid, found by one partition per bin.  0 when a bin has too few pixels.
+
+    >>> import numpy as np
+    >>> from kernels_gpu.gradients import valid_gradients
+    >>> gx, gy = valid_gradients(np.random.default_rng(0).random((1, 32, 32)))
+    >>> params = PanParams()
+    >>> threshold = gradient_threshold(gx, gy, 3, params)
+    >>> bool(threshold[0] > 0), round(float(threshold[0] / params.threshold_step), 6).is_integer()
+    (True, True)
+    >>> gradient_threshold(gx, gy, 3, PanParams(gradient_pixels=1000)).tolist()  # fewer pixels than asked for
+    [0.0]
     """
     xp = get_array_module(gx)
     batch = gx.shape[0]
@@ -337,6 +392,13 @@ def salient_gradients(latent: Any, threshold: np.ndarray, params: PanParams) -> 
 
     While a threshold would zero every gradient of an image, it is multiplied by
     ``threshold_retry``; the returned threshold is the one used divided by ``threshold_decay``.
+
+    >>> import numpy as np
+    >>> latent = np.random.default_rng(0).random((1, 16, 16))
+    >>> gx, gy, following = salient_gradients(latent, np.array([0.5]), PanParams())
+    >>> kept = float(((gx * gx + gy * gy) > 0).mean())
+    >>> 0 < kept < 0.5, np.round(following, 6).tolist()  # the strongest gradients; the next threshold is 0.5 / 1.1
+    (True, [0.454545])
     """
     xp = get_array_module(latent)
     gx, gy = valid_gradients(latent)
@@ -354,7 +416,15 @@ def salient_gradients(latent: Any, threshold: np.ndarray, params: PanParams) -> 
 
 
 def clean_kernel(kernel: Any, params: PanParams) -> Any:
-    """Per-step kernel clean-up: 5 % of peak threshold, normalise, drop light components, clip, normalise."""
+    """Per-step kernel clean-up: 5 % of peak threshold, normalise, drop light components, clip, normalise.
+
+    >>> import numpy as np
+    >>> kernel = np.zeros((1, 7, 7)); kernel[0, 3, 1:6] = [0.1, 0.3, 0.3, 0.29, 0.01]
+    >>> kernel[0, 0, 0], kernel[0, 6, 6] = 0.05, -0.1  # a speck and a negative lobe
+    >>> k = clean_kernel(kernel, PanParams())
+    >>> np.round(k[0, 3], 3).tolist(), int((k > 0).sum()), round(float(k.sum()), 6)
+    ([0.0, 0.101, 0.303, 0.303, 0.293, 0.0, 0.0], 4, 1.0)
+    """
     xp = get_array_module(kernel)
     k = kops.normalize(kops.threshold(xp.maximum(kernel, 0), params.cg_threshold))
     if params.min_component_mass > 0:

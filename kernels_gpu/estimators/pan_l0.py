@@ -25,7 +25,12 @@ __all__ = ["IntensityTerm", "PanL0Params", "estimate", "estimate_joint", "intens
 
 @dataclass(frozen=True)
 class PanL0Params(PanParams):
-    """Parameters of ``pan-l0``: :class:`.pan.PanParams` with the text version's defaults."""
+    """Parameters of ``pan-l0``: :class:`.pan.PanParams` with the text version's defaults.
+
+    >>> params = PanL0Params(iterations=2)
+    >>> params.iterations, params.lam_pixel, params.lam_grad
+    (2, 0.004, 0.004)
+    """
 
 
 class IntensityTerm:
