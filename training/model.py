@@ -16,9 +16,13 @@ Two architectures share that trunk (:data:`ARCHITECTURES`):
 ``image``
     one pass per image (Fast R-CNN's idea): the trunk runs once over the whole
     image, standardised as a whole, and each window's logit comes from its box on
-    the last feature map (``torchvision.ops.roi_align`` at ``1/32``, the trunk's
-    stride, averaged over the box) through the same linear head.  Every pixel goes
-    through the trunk once instead of about ``(S / stride)^2`` times.
+    the last feature map (stride 32: the mean of the cells under the box, each
+    weighted by the share of the box it covers) through the same linear head.
+    Every pixel goes through the trunk once instead of about ``(S / stride)^2``
+    times.  (``torchvision.ops.roi_align`` would sample the box bilinearly, reaching
+    half a cell beyond it; area pooling is exact and measured as fast on the CPU:
+    best of 3, 0.71 s against 0.76 s for the forward and backward pass of a 450 px
+    image with its 121 boxes.)
 """
 
 from __future__ import annotations
@@ -45,15 +49,12 @@ TRAINABLE_WHEN_PRETRAINED = ("maxpool", "layer3", "layer4", "fc")
 ARCHITECTURES = {
     "window": "torchvision resnet34, 1 input channel, max-pool replaced by a stride-2 convolution, 1 logit; "
     "one forward pass per window",
-    "image": "the same resnet34 trunk once over the whole image; each window's logit from roi_align of its box "
-    "on the stride-32 feature map (averaged over the box) and the linear head",
+    "image": "the same resnet34 trunk once over the whole image; each window's logit from the area-weighted "
+    "mean of the stride-32 feature cells under its box and the linear head",
 }
 
 #: the trunk's total stride: conv1, the strided stem convolution, layer2, layer3 and layer4 halve the size
 STRIDE = 32
-
-#: roi_align's sampling grid over a box (the mean over it is the box's feature)
-_POOL = 4
 
 
 def _resnet(init_weights: str | os.PathLike | None) -> nn.Module:
@@ -107,17 +108,33 @@ class ImageScorer(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def pool(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Each box's logit from a feature map (``features`` of the images that ``boxes`` index)."""
-        from torchvision.ops import roi_align
+        """Each box's logit from a feature map (``features`` of the images that ``boxes`` index).
 
-        pooled = roi_align(
-            features, boxes.to(features.dtype), output_size=_POOL, spatial_scale=1 / STRIDE, sampling_ratio=2,
-            aligned=True,
-        )  # fmt: skip
-        return self.fc(pooled.mean(dim=(2, 3))).view(-1)
+        The box's feature is the mean of the feature cells under it, each cell weighted by the
+        share of the box it covers (cell ``i`` spans pixels ``[32 i, 32 i + 32)``): exact area
+        pooling, two small products per image, whose gradient is as cheap as its value.
+        """
+        rows, cols = features.shape[-2:]
+        pooled = features.new_empty((len(boxes), features.shape[1]))
+        index = boxes[:, 0].long()
+        for b in torch.unique(index).tolist():
+            mine = torch.nonzero(index == b).view(-1)
+            box = boxes[mine].to(features.dtype)
+            wy = _coverage(box[:, 2], box[:, 4], rows)
+            wx = _coverage(box[:, 1], box[:, 3], cols)
+            pooled[mine] = torch.einsum("ni,cij,nj->nc", wy, features[b], wx)
+        return self.fc(pooled).view(-1)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(images), boxes)
+
+
+def _coverage(start: torch.Tensor, end: torch.Tensor, cells: int) -> torch.Tensor:
+    """``(N, cells)``: the share of each span ``[start, end)`` (pixels) that falls in each stride-32 cell."""
+    edges = torch.arange(cells + 1, dtype=start.dtype, device=start.device) * STRIDE
+    low = torch.maximum(start[:, None], edges[None, :-1])
+    high = torch.minimum(end[:, None], edges[None, 1:])
+    return (high - low).clamp(min=0) / (end - start).clamp(min=1e-6)[:, None]
 
 
 def build_model(init_weights: str | os.PathLike | None = None, arch: str = "window") -> nn.Module:
