@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from pipeline.files import InputError
+from pipeline.files import InputError, is_no_space
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -36,16 +36,45 @@ def _flags_for(message: str, command: click.Command | None) -> str:
     return subject + message[match.end("subject") :]
 
 
+#: the arguments that name a store (or a source that may be one) in the commands that take one
+STORE_ARGUMENTS = ("store", "source")
+
+
+def _refuse_memory_stores(kwargs: dict[str, Any]) -> None:
+    """A ``memory://`` store vanishes with the process: every command refuses it, whatever it does next."""
+    for name in STORE_ARGUMENTS:
+        value = kwargs.get(name)
+        if isinstance(value, str) and value.startswith("memory://"):
+            from pipeline.store import persistent_store
+
+            persistent_store(value)  # raises InputError
+
+
+def _no_space(exc: OSError, kwargs: dict[str, Any]) -> str:
+    """A full disk's one line: the file the system names, else the command's output or store."""
+    where = exc.filename or kwargs.get("out") or next((kwargs[n] for n in STORE_ARGUMENTS if kwargs.get(n)), None)
+    return f"{where or 'output'}: no space left on device ({exc.strerror or exc}); free some space and rerun"
+
+
 def user_errors(func: Callable) -> Callable:
-    """Turn :class:`~pipeline.files.InputError` into a one-line click error naming the option or file."""
+    """Turn :class:`~pipeline.files.InputError` into a one-line click error naming the option or file.
+
+    Also what every command shares: a ``memory://`` STORE is refused, and a full disk (ENOSPC, EDQUOT)
+    that no layer below named is one line too.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _refuse_memory_stores(kwargs)
             return func(*args, **kwargs)
         except InputError as exc:
             ctx = click.get_current_context(silent=True)
             raise click.ClickException(_flags_for(str(exc), ctx.command if ctx else None)) from None
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            raise click.ClickException(_no_space(exc, kwargs)) from None
 
     return wrapper
 

@@ -126,6 +126,7 @@ def synth(
         workers=workers,
     )
     target = persistent_store(store)
+    target.is_store()  # a store that cannot be reached (credentials, network): one line, before the lock
     bar = Progress(0, "img", quiet, "synth")
     try:
         with one_writer():
@@ -191,6 +192,7 @@ def ingest(
 
     config = IngestConfig(blurred, kernels, sharp, pairs, window, stride)
     target = persistent_store(store)
+    target.is_store()  # a store that cannot be reached (credentials, network): one line, before the lock
     bar = Progress(0, "img", quiet, "ingest")
     try:
         with one_writer():

@@ -9,6 +9,7 @@ renamed into place, so an interrupted run never leaves a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import tempfile
@@ -21,6 +22,8 @@ __all__ = [
     "InputError",
     "atomic_path",
     "check_kernel",
+    "is_no_space",
+    "new_file_mode",
     "read_image",
     "read_kernel",
     "read_kernel_raw",
@@ -49,17 +52,60 @@ class InputError(ValueError):
     """Bad user input; the message is one line that names the file or option."""
 
 
+def is_no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a full disk or quota (ENOSPC, EDQUOT).
+
+    >>> wrapped = RuntimeError("saving the figure failed")
+    >>> wrapped.__context__ = OSError(errno.ENOSPC, "No space left on device")
+    >>> is_no_space(wrapped), is_no_space(OSError(errno.EACCES, "Permission denied"))
+    (True, False)
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def new_file_mode() -> int:
+    """The permission bits the user's umask gives a new file (``0o666 & ~umask``; 0o644 under umask 022).
+
+    Read from ``/proc/self/status`` where Linux has it, so the process-wide umask is never changed.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # the only portable way to read it: set and restore at once
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[pathlib.Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file renamed into place gets the mode the user's umask gives a new file (``mkstemp``
+    makes its file 0600).  A full disk during the block is an :class:`InputError` naming
+    ``path``; the file that was there before is kept as it was.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = pathlib.Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, new_file_mode())
+            os.replace(tmp_path, path)
+        except Exception as exc:
+            if not is_no_space(exc):
+                raise
+            kept = "the file as it was before is kept" if path.exists() else "not written"
+            raise InputError(f"{path}: no space left on device ({kept})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

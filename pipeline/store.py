@@ -735,6 +735,8 @@ class Store:
                 return None
             except (ValueError, UnicodeDecodeError):  # a torn or foreign object: treat as expired
                 return {}
+            except Exception as exc:  # credentials, permissions, network: one line, not the backend's traceback
+                raise self.access_error(exc) from None
 
         announced: list = []
         while True:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.files import InputError, atomic_path
-from pipeline.labels import resolve_estimator_id
+from pipeline.labels import check_threshold, resolve_estimator_id
 from pipeline.store import Store
 
 from .data import build_index, check_pixels, split_by_source, subset
@@ -86,8 +86,12 @@ class TrainConfig:
             raise InputError(f"lr: must be > 0, got {self.lr}")
         if self.workers < 1 or self.data_workers < 1 or self.cpus_per_worker <= 0:
             raise InputError("workers, data_workers and cpus_per_worker: must be positive")
-        if self.init_weights is not None and not pathlib.Path(self.init_weights).is_file():
-            raise InputError(f"init_weights: {self.init_weights} does not exist")
+        if self.init_weights is not None:
+            if not pathlib.Path(self.init_weights).is_file():
+                raise InputError(f"init_weights: {self.init_weights} does not exist")
+            # the workers run in another folder: they get an absolute path
+            object.__setattr__(self, "init_weights", str(pathlib.Path(self.init_weights).resolve()))
+        check_threshold(self.threshold)
 
     def resumable_settings(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption (epochs may grow)."""
@@ -264,6 +268,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(config.resumable_settings(), indent=2))
 
+    _check_init_weights(config)
     parts = {"train": train_index, "val": val_index}
     windows_per_image = n_train / max(train_index.num_rows, 1)
     init_ray(config.address, 2048, log_to_driver=True, dashboard=True)
@@ -342,6 +347,21 @@ def run_training(config: TrainConfig) -> TrainResult:
         tmp.write_text(json.dumps(description, indent=2))
     shutil.rmtree(out / "ray_results", ignore_errors=True)  # the export is complete: checkpoints go
     return TrainResult(str(out / "model.pt"), history[-1], len(history), resumed_from)
+
+
+def _check_init_weights(config: TrainConfig) -> None:
+    """Load ``--init-weights`` once in the driver, so a wrong file is one line before any worker starts."""
+    if config.init_weights is None:
+        return
+    from .model import build_model
+
+    try:
+        build_model(config.init_weights, config.arch)
+    except Exception as exc:  # garbage, truncated, or another network's state dict
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"init_weights: {config.init_weights}: not a torchvision resnet34 state dict ({reason})"
+        ) from None
 
 
 def _finished_run(out: pathlib.Path) -> dict[str, Any] | None:
