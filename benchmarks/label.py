@@ -33,8 +33,9 @@ import numpy as np
 from kernels_gpu import estimators
 from kernels_gpu.kernels import delta
 from kernels_gpu.similarity import similarity
-from pipeline.distributed import RayOptions, init_ray, label_image, run_labels
 from pipeline.labels import estimate_kernel_size, plan_labels, read_labels
+from pipeline.ray.cluster import RayOptions, init_ray
+from pipeline.ray.labelling import label_image, run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 

@@ -81,7 +81,7 @@ def store_costs(store: Store, label: str) -> dict[str, float]:
 def actor_round_trip() -> float:
     import ray
 
-    from pipeline.distributed import init_ray
+    from pipeline.ray.cluster import init_ray
 
     init_ray()  # as the labelling driver starts it
 
@@ -136,7 +136,7 @@ def main() -> None:
                 with server:
                     costs["s3"] = store_costs(Store("s3://scaling/ds"), "S3 (moto on loopback)")
     per_call = actor_round_trip()
-    from pipeline.distributed import PUBLISH_THREADS
+    from pipeline.ray.labelling import PUBLISH_THREADS
 
     print(
         f"\nThe driver hands out images and receives results (the actor call) on one thread; shards are "

@@ -52,7 +52,7 @@ def measure(store_url: str, estimator_id: str, arch: str, seconds: float, device
     """One architecture's training and inference rates (runs in its own process)."""
     import torch
 
-    from pipeline.distributed import ImageLoader, WindowCropper
+    from pipeline.ray.training_input import ImageLoader, WindowCropper
     from pipeline.store import Store
     from pipeline.windows import grid
     from training.data import build_index, collate_images

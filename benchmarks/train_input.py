@@ -59,7 +59,8 @@ def main() -> None:
     import ray
     import torch
 
-    from pipeline.distributed import configure_window_input, init_ray, window_dataset
+    from pipeline.ray.cluster import init_ray
+    from pipeline.ray.training_input import configure_window_input, window_dataset
     from training.data import build_index
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ WAIT = click.option(
 @contextlib.contextmanager
 def one_writer() -> Iterator[None]:
     """The library's busy-store error, with the flag that waits."""
-    from pipeline.store import StoreBusy, describe_holder
+    from pipeline.store_locks import StoreBusy, describe_holder
 
     try:
         yield

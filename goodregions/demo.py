@@ -40,9 +40,10 @@ class DemoConfig:
 def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, str]:
     """Run every stage; returns the paths of the main outputs."""
     from kernels_gpu import estimators
-    from pipeline.distributed import RayOptions, run_labels
     from pipeline.files import write_png
     from pipeline.labels import estimate_kernel_size, plan_labels, read_labels
+    from pipeline.ray.cluster import RayOptions
+    from pipeline.ray.labelling import run_labels
     from pipeline.store import Store
     from pipeline.synth import SynthConfig, run_synth
     from training.evaluate import SELECTORS, EvalConfig, plan_jobs, run_evaluate

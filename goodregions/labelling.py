@@ -58,9 +58,10 @@ def label(
     incremental (only the rows this estimator id lacks are computed). One label run per
     estimator and store at a time: another one stops, or waits with --wait.
     """
-    from pipeline.distributed import RayOptions, run_labels
     from pipeline.estimate import get_estimator, resolve_device
     from pipeline.labels import label_lock, plan_labels
+    from pipeline.ray.cluster import RayOptions
+    from pipeline.ray.labelling import run_labels
     from pipeline.store import persistent_store
 
     if shard_images < 1:

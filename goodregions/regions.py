@@ -132,7 +132,7 @@ def evaluate(
     deconvolve the whole image, and score it by Levin's error ratio and PSNR.
     Writes results.parquet, results.md, er_curve.png and psnr.png to OUT.
     """
-    from pipeline.distributed import RayOptions
+    from pipeline.ray.cluster import RayOptions
     from training.evaluate import evaluation_config, plan_jobs, run_evaluate
 
     chosen = selectors.split(",")

@@ -37,7 +37,8 @@ from .files import (
     read_image,
     read_kernel_raw,
 )
-from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, NewImages, Store, check_window_grid, kernel_capacity
+from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, Store, check_window_grid, kernel_capacity
+from .store_append import NewImages
 
 __all__ = ["IngestConfig", "IngestResult", "run_ingest"]
 

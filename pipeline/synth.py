@@ -32,7 +32,8 @@ from kernels_gpu.kernels import fit_size
 
 from . import schema
 from .files import IMAGE_SUFFIXES, InputError, read_image
-from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, NewImages, Store, check_window_grid
+from .store import DEFAULT_STRIDE, DEFAULT_WINDOW, Store, check_window_grid
+from .store_append import NewImages
 
 __all__ = ["SynthConfig", "SynthResult", "run_synth"]
 

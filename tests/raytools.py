@@ -12,7 +12,7 @@ def local_ray(num_cpus: int = 2):
     """Start (or reuse) a local Ray; workers get the project on their path."""
     import ray
 
-    from pipeline.distributed import init_ray
+    from pipeline.ray.cluster import init_ray
 
     if ray.is_initialized():
         return ray

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from goodregions.cli import main
 from kernels_gpu import estimators
-from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import done_images, label_summaries, plan_labels, read_labels
+from pipeline.ray.cluster import RayOptions
+from pipeline.ray.labelling import run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP

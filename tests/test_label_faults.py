@@ -18,8 +18,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from kernels_gpu import estimators
-from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels, read_labels
+from pipeline.ray.cluster import RayOptions
+from pipeline.ray.labelling import run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP
@@ -109,7 +110,8 @@ def test_gpu_workers_are_placed_on_gpu_nodes(cluster):
     """A GPU pool asks Ray for one GPU per worker, so its actors land on the GPU node (a fake one here)."""
     import ray
 
-    from pipeline.distributed import LabelWorker, _pool_size
+    from pipeline.ray.cluster import _pool_size
+    from pipeline.ray.labelling import LabelWorker
 
     _, nodes = cluster
     workers, device, request = _pool_size(RayOptions(device="auto"))

@@ -7,8 +7,9 @@ import pathlib
 import pytest
 
 from kernels_gpu import estimators
-from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels, read_labels
+from pipeline.ray.cluster import RayOptions
+from pipeline.ray.labelling import run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP

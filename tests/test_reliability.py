@@ -32,7 +32,8 @@ from kernels_gpu.backend import gpu_available
 from pipeline.estimate import get_estimator
 from pipeline.files import InputError, atomic_path
 from pipeline.labels import label_dir, plan_labels, read_labels, write_estimator_description, write_shard
-from pipeline.store import Store, StoreBusy
+from pipeline.store import Store
+from pipeline.store_locks import StoreBusy
 from tests.raytools import ROOT
 from tests.stores import cli, ok, one_line_error, snapshot
 
@@ -69,12 +70,12 @@ def store(tiny_store, tmp_path) -> pathlib.Path:
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch):
     """In-process commands must fail (or finish) without Ray: starting it here is a test failure."""
-    import pipeline.distributed
+    import pipeline.ray.cluster
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started: the command should have stopped before")
 
-    monkeypatch.setattr(pipeline.distributed, "init_ray", refuse)
+    monkeypatch.setattr(pipeline.ray.cluster, "init_ray", refuse)
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -16,8 +16,9 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from kernels_gpu import estimators
-from pipeline.distributed import RayOptions, run_labels
 from pipeline.labels import plan_labels, read_labels
+from pipeline.ray.cluster import RayOptions
+from pipeline.ray.labelling import run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP

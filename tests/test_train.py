@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from kernels_gpu import estimators
-from pipeline.distributed import RayOptions, run_labels
 from pipeline.files import InputError
 from pipeline.labels import plan_labels
+from pipeline.ray.cluster import RayOptions
+from pipeline.ray.labelling import run_labels
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, run_synth
 from tests.levin import LEVIN_SHARP
@@ -241,7 +242,7 @@ def test_image_scorer_trains_selects_and_continues(labelled, tmp_path):
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     info = json.loads((out / "model.json").read_text())
-    assert info["arch"] == "image" and info["estimator"] == estimator_id and "roi_align" in info["architecture"]
+    assert info["arch"] == "image" and info["estimator"] == estimator_id and "area-weighted" in info["architecture"]
     assert info["metrics"]["val_images"] == 3 and np.isfinite(info["metrics"]["val_loss"])
     assert not (out / "ray_results").exists()
     model = load_model(out / "model.pt", "image")

@@ -113,7 +113,7 @@ def subset(index: pa.Table, image_ids: tuple[int, ...]) -> pa.Table:
 
 
 def collate_images(batch: dict[str, Any], window: int) -> dict[str, Any]:
-    """Whole-image rows (see ``pipeline.distributed.ImageLoader``) as one-pass scorer input.
+    """Whole-image rows (see ``pipeline.ray.training_input.ImageLoader``) as one-pass scorer input.
 
     Returns ``images`` ``(B, 1, H, W)`` float32 tensor (images smaller than the batch's
     largest are zero-padded at the bottom and right, zero being their mean), ``boxes``

@@ -403,7 +403,7 @@ def run_evaluate(jobs: list[EvalJob], out: str, options: Any, progress: Any = No
     """
     import pyarrow.parquet as pq
 
-    from pipeline.distributed import map_jobs
+    from pipeline.ray.jobs import map_jobs
 
     from .plots import plot_er_curve, plot_psnr_gain
 

@@ -233,7 +233,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.distributed import configure_window_input, image_dataset, init_ray, window_dataset
+    from pipeline.ray.cluster import init_ray
+    from pipeline.ray.training_input import configure_window_input, image_dataset, window_dataset
 
     from .model import ARCHITECTURES
 
