@@ -14,10 +14,11 @@ Two architectures share that trunk (:data:`ARCHITECTURES`):
     the paper's: the network runs on every window ``(B, 1, S, S)`` separately,
     each window standardised on its own; ``(B, 1)`` logits.
 ``image``
-    one pass per image (Fast R-CNN's idea): the trunk runs once over the whole
-    image, standardised as a whole, and each window's logit comes from its box on
-    the last feature map (stride 32: the mean of the cells under the box, each
-    weighted by the share of the box it covers) through the same linear head.
+    one pass per image (Fast R-CNN's idea): the trunk (GroupNorm in place of
+    BatchNorm, see :func:`_group_norm`) runs once over the whole image, standardised
+    as a whole, and each window's logit comes from its box on the last feature map
+    (stride 32: the mean of the cells under the box, each weighted by the share of
+    the box it covers) through the same linear head.
     Every pixel goes through the trunk once instead of about ``(S / stride)^2``
     times.  (``torchvision.ops.roi_align`` would sample the box bilinearly, reaching
     half a cell beyond it; area pooling is exact and measured as fast on the CPU:
@@ -49,8 +50,8 @@ TRAINABLE_WHEN_PRETRAINED = ("maxpool", "layer3", "layer4", "fc")
 ARCHITECTURES = {
     "window": "torchvision resnet34, 1 input channel, max-pool replaced by a stride-2 convolution, 1 logit; "
     "one forward pass per window",
-    "image": "the same resnet34 trunk once over the whole image; each window's logit from the area-weighted "
-    "mean of the stride-32 feature cells under its box and the linear head",
+    "image": "the same resnet34 trunk (GroupNorm, 32 groups, in place of BatchNorm) once over the whole image; "
+    "each window's logit from the area-weighted mean of the stride-32 feature cells under its box and the linear head",
 }
 
 #: the trunk's total stride: conv1, the strided stem convolution, layer2, layer3 and layer4 halve the size
@@ -152,7 +153,30 @@ def build_model(init_weights: str | os.PathLike | None = None, arch: str = "wind
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; one of {', '.join(ARCHITECTURES)}")
     net = _resnet(init_weights)
-    return ImageScorer(net) if arch == "image" else net
+    if arch == "image":
+        _group_norm(net)
+        return ImageScorer(net)
+    return net
+
+
+def _group_norm(module: nn.Module, groups: int = 32) -> None:
+    """Every BatchNorm of ``module`` becomes a GroupNorm of ``groups`` groups with its scale and shift.
+
+    The image scorer's step holds one or two images: BatchNorm's statistics over so few made the
+    network in training another function than in evaluation (its running statistics), and its
+    validation ranking fell below a random window's.  GroupNorm normalises each image on its own,
+    the same in both modes, whatever else shares the batch.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            norm = nn.GroupNorm(groups, child.num_features)
+            norm.weight.data.copy_(child.weight.data)  # ImageNet's scale and shift carry over
+            norm.bias.data.copy_(child.bias.data)
+            norm.weight.requires_grad = child.weight.requires_grad
+            norm.bias.requires_grad = child.bias.requires_grad
+            setattr(module, name, norm)
+        else:
+            _group_norm(child, groups)
 
 
 def load_model(path: str | os.PathLike, arch: str = "window") -> nn.Module:
