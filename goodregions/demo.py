@@ -107,13 +107,13 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     blurred = np.asarray(store.array(example["blurred_array"])[example["blurred_index"]])
     write_png(root / "example_blurred.png", blurred)
     truth = store.kernel(example["kernel_index"], example["kernel_size"])
-    config = SelectConfig(
+    select_config = SelectConfig(
         model_dir=str(model),
         out=str(root / "select"),
         kernel_size=estimate_kernel_size(example["kernel_size"]),
         name=f"{example['sharp_source']} (validation image)",
     )
-    selected = run_select(blurred, config, truth)
+    selected = run_select(blurred, select_config, truth)
     step(
         f"select: best window of a validation image at ({selected['best']['y']}, {selected['best']['x']}); "
         f"kernel similarity {selected['similarity_to_true_kernel']:.3f}"
