@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -49,6 +50,20 @@ def _parse_pairs(value: str) -> int | None:
         return int(value)
     except ValueError:
         raise InputError(f"--pairs: expected 'all' or a number, got {value!r}") from None
+
+
+def _add_images(store: str, run: Any, config: Any, quiet: bool, wait: bool, what: str) -> Any:
+    """Run ``synth``'s or ``ingest``'s library step on STORE as the only writer, with a progress bar."""
+    from pipeline.store import persistent_store
+
+    target = persistent_store(store)
+    target.is_store()  # a store that cannot be reached (credentials, network): one line, before the lock
+    bar = Progress(0, "img", quiet, what)
+    try:
+        with one_writer():
+            return run(target, config, progress=bar, wait=wait)
+    finally:
+        bar.close()
 
 
 @click.command(context_settings=CONTEXT)
@@ -107,7 +122,6 @@ def synth(
     images or kernels adds only the new pairs. One synth or ingest per store at a time:
     another one stops, or waits with --wait.
     """
-    from pipeline.store import persistent_store
     from pipeline.synth import SynthConfig, run_synth
 
     config = SynthConfig(
@@ -125,14 +139,7 @@ def synth(
         pairs=_parse_pairs(pairs),
         workers=workers,
     )
-    target = persistent_store(store)
-    target.is_store()  # a store that cannot be reached (credentials, network): one line, before the lock
-    bar = Progress(0, "img", quiet, "synth")
-    try:
-        with one_writer():
-            result = run_synth(target, config, progress=bar, wait=wait)
-    finally:
-        bar.close()
+    result = _add_images(store, run_synth, config, quiet, wait, "synth")
     if result.added == 0:
         click.echo(f"nothing to do: all {result.planned} pairs are already in {store} ({result.existing} images)")
         return
@@ -188,17 +195,9 @@ def ingest(
     states the pairs explicitly.
     """
     from pipeline.ingest import IngestConfig, run_ingest
-    from pipeline.store import persistent_store
 
     config = IngestConfig(blurred, kernels, sharp, pairs, window, stride)
-    target = persistent_store(store)
-    target.is_store()  # a store that cannot be reached (credentials, network): one line, before the lock
-    bar = Progress(0, "img", quiet, "ingest")
-    try:
-        with one_writer():
-            result = run_ingest(target, config, progress=bar, wait=wait)
-    finally:
-        bar.close()
+    result = _add_images(store, run_ingest, config, quiet, wait, "ingest")
     if result.added == 0:
         click.echo(f"nothing to do: all {result.skipped} blurred images are already in {store}")
         return
