@@ -56,6 +56,7 @@ class Preset:
     eval_stride: int  # window stride on the evaluation images (every window gets an oracle label)
     test_large_kernels: int  # generated 41-55 px kernels per test picture
     levin_real: int  # how many of Levin's 32 real photographs (0: none)
+    levin_stride: int  # window stride there: the photographs are 255 px, so 9 gives 4 x 4 windows of 228
     big_side: int  # side of the large-image row (0: none)
     big_stride: int
     use_gpu: bool = False
@@ -72,6 +73,7 @@ PRESETS = {
         eval_stride=120,
         test_large_kernels=1,
         levin_real=2,
+        levin_stride=27,
         big_side=1024,
         big_stride=400,
         pictures=TRAIN[:4] + VAL[:2],
@@ -85,6 +87,7 @@ PRESETS = {
         eval_stride=40,
         test_large_kernels=4,
         levin_real=32,
+        levin_stride=9,
         big_side=2048,
         big_stride=100,
     ),
@@ -97,6 +100,7 @@ PRESETS = {
         eval_stride=20,
         test_large_kernels=8,
         levin_real=32,
+        levin_stride=9,
         big_side=2048,
         big_stride=40,
         use_gpu=True,
@@ -298,8 +302,8 @@ def eval_sets(work: pathlib.Path, kodak: pathlib.Path, levin: pathlib.Path, pres
         for path in (levin / "sharp").glob("*.png"):
             shutil.copyfile(path, folder / "sharp" / path.name)
         store = work / "eval" / "levin-real" / "store"
-        _ingest(folder, store, preset.eval_stride)
-        made["levin-real"] = {"store": str(store), "stride": preset.eval_stride, "images": preset.levin_real}
+        _ingest(folder, store, preset.levin_stride)
+        made["levin-real"] = {"store": str(store), "stride": preset.levin_stride, "images": preset.levin_real}
     return {"sets": made}
 
 
