@@ -49,6 +49,7 @@ __all__ = [
     "KERNEL_MARGIN",
     "ImageJob",
     "LabelPlan",
+    "busy_seconds",
     "estimate_kernel_size",
     "label_lock",
     "label_summaries",
@@ -437,6 +438,26 @@ def _first_per_key(table: pa.Table, duplicates: dict[str, int] | None) -> pa.Tab
     return table.take(first)
 
 
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of the shards' (started, finished) intervals: the time some run was labelling.
+
+    Pauses between runs (a stopped run resumed the next day) do not count, and shards labelled
+    at the same time count once, so done / busy is the rate a resumed run will go at.
+
+    >>> busy_seconds([(0, 10), (5, 12), (100, 110)])
+    22
+    >>> busy_seconds([])
+    0
+    """
+    total, end = 0, None
+    for start, finish in sorted(intervals):
+        if end is None or start > end:
+            total, end = total + (finish - start), finish
+        elif finish > end:
+            total, end = total + (finish - end), finish
+    return total
+
+
 def label_summaries(store: Store, threshold: float = 0.75) -> list[dict[str, Any]]:
     """Per estimator: windows done / total, positive rate at ``threshold``, similarity quartiles,
     throughput, time left, failures, duplicate rows and broken shards.
@@ -459,9 +480,7 @@ def label_summaries(store: Store, threshold: float = 0.75) -> list[dict[str, Any
         done = labels.num_rows
         sims = labels["similarity"].to_numpy()
         positives = int(np.count_nonzero(sims > threshold)) if done else 0
-        starts = [m["started"] for m in markers.values() if "started" in m]
-        ends = [m["finished"] for m in markers.values() if "finished" in m]
-        wall = (max(ends) - min(starts)) if starts and ends else 0.0
+        wall = busy_seconds([(m["started"], m["finished"]) for m in markers.values() if "started" in m and "finished" in m])
         rate = done / wall if wall > 0 else None
         _, failed = done_images(store, estimator_id)
         quartiles = [float(q) for q in np.quantile(sims, [0.25, 0.5, 0.75])] if done else None
