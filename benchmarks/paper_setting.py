@@ -241,7 +241,11 @@ def label(store: pathlib.Path, use_gpu: bool) -> dict:
 
 
 def train(work: pathlib.Path, preset: Preset, estimator_id: str, threshold: float) -> dict:
-    val = ",".join(f"file:kodak/{name}.png" for name in VAL if name in preset.pictures)
+    from pipeline.store import Store
+
+    present = set(Store(str(work / "store")).images()["sharp_source"].to_pylist())
+    # a preset's seeded pair subset may miss a validation picture
+    val = ",".join(s for s in (f"file:kodak/{name}.png" for name in VAL) if s in present)
     gpu = ["--use-gpu"] if preset.use_gpu else []
     out = goodregions(
         "train", str(work / "store"), "--estimator", estimator_id, "--threshold", f"{threshold}",
