@@ -202,7 +202,7 @@ def _levin_kernels(levin: pathlib.Path) -> dict[str, np.ndarray]:
 def _generated_kernels(n: int, sizes: tuple[int, int], seed: int, prefix: str) -> dict[str, np.ndarray]:
     from kernels_gpu.trajectory import camera_shake_kernels
 
-    kernels = camera_shake_kernels(np.random.default_rng(seed), n, sizes)
+    kernels = camera_shake_kernels(n, sizes, seed=seed)
     return {f"{prefix}{i}": np.asarray(k) for i, k in enumerate(kernels)}
 
 
