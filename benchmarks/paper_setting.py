@@ -120,6 +120,9 @@ SELECTORS = (
     "cnn-consensus-3",
     "cnn-consensus-5",
 )
+#: beyond the issue's list, run as a second step: joint estimation from windows another selector
+#: ranks (the learned hu-yang baseline, and the oracle's best windows: joint estimation's upper bound)
+EXTRA_SELECTORS = ("hu-yang-joint-3", "hu-yang-joint-5", "oracle-joint-3", "oracle-joint-5")
 
 
 class Steps:
@@ -311,9 +314,11 @@ def eval_sets(work: pathlib.Path, kodak: pathlib.Path, levin: pathlib.Path, pres
     return {"sets": made}
 
 
-def evaluate(work: pathlib.Path, name: str, store: str, stride: int) -> dict:
-    out_dir = work / "eval" / name / "results"
-    out = goodregions("evaluate", store, "--model", str(work / "model"), "--selectors", ",".join(SELECTORS),
+def evaluate(
+    work: pathlib.Path, name: str, store: str, stride: int, selectors=SELECTORS, folder: str = "results"
+) -> dict:
+    out_dir = work / "eval" / name / folder
+    out = goodregions("evaluate", store, "--model", str(work / "model"), "--selectors", ",".join(selectors),
                       "--stride", str(stride), "--out", str(out_dir), "-q")  # fmt: skip
     print(out.strip())
     return {"results": str(out_dir)}
@@ -389,6 +394,9 @@ def report(work: pathlib.Path, preset_name: str, steps: Steps) -> pathlib.Path:
             continue
         results = pathlib.Path(done["results"])
         summary = _summary(results)
+        extra = steps.get(f"evaluate-extra-{name}")
+        if extra:
+            summary.update({k: v for k, v in _summary(pathlib.Path(extra["results"])).items() if k not in summary})
         lines += ["", f"## {name} ({sets[name]['images']} images, evaluation stride {sets[name]['stride']})", ""]
         lines.append(
             "| selector | images | ER ≤ 2 | ER ≤ 3 | median ER | mean PSNR | mean similarity | "
@@ -438,6 +446,8 @@ def main() -> None:
     for name, s in sets.items():
         steps.run(f"label-{name}", label, pathlib.Path(s["store"]), preset.use_gpu)
         steps.run(f"evaluate-{name}", evaluate, work, name, s["store"], s["stride"])
+        extra = (EXTRA_SELECTORS, "results-extra")
+        steps.run(f"evaluate-extra-{name}", evaluate, work, name, s["store"], s["stride"], *extra)
     print(f"wrote {report(work, args.preset, steps)}")
 
 
