@@ -411,17 +411,34 @@ def _context(image, size=SIZE, stride=STRIDE, **kw):
     return selectors.Context(image, grid(*image.shape, size, stride), size, 9, fake_estimate, **kw)
 
 
-def test_choose_takes_the_top_k_windows_by_the_shared_ranking(blurred):
+def _shared(a: Box, b: Box) -> int:
+    """Pixels two boxes have in common."""
+    rows = min(a.y + a.height, b.y + b.height) - max(a.y, b.y)
+    cols = min(a.x + a.width, b.x + b.width) - max(a.x, b.x)
+    return max(rows, 0) * max(cols, 0)
+
+
+def test_choose_takes_the_top_k_windows_that_overlap_little(blurred):
+    """K windows in rank order, each sharing at most a quarter of its area with every better one
+    kept; a better-ranked window is skipped only for overlapping a kept one by more."""
     from training import selectors
 
     context = _context(blurred)
     scores = fergus_scores(blurred, context.corners, SIZE)
+    ranked = [Box.from_corner(context.corners[i], SIZE) for i in rank_by_scores(scores)]
     boxes = selectors.choose(selectors.get("fergus-consensus-3"), context)
-    assert boxes == [Box.from_corner(context.corners[i], SIZE) for i in rank_by_scores(scores)[:3]]
+    assert len(boxes) == 3 and boxes[0] == ranked[0]
+    assert all(_shared(a, b) <= SIZE * SIZE / 4 for i, a in enumerate(boxes) for b in boxes[:i])
+    positions = [ranked.index(b) for b in boxes]
+    assert positions == sorted(positions)
+    skipped = [b for b in ranked[: positions[-1]] if b not in boxes]
+    assert skipped and all(max(_shared(b, k) for k in boxes) > SIZE * SIZE / 4 for b in skipped)
     assert selectors.choose(selectors.get("fergus"), context) == boxes[:1]
     assert selectors.choose(selectors.get("whole"), context) == [Box.whole(blurred.shape)]
-    many = selectors.get(f"fergus-joint-{len(context.corners) + 5}")  # more than the grid holds: all of it
-    assert len(selectors.choose(many, context)) == len(context.corners)
+    many = selectors.get(f"fergus-joint-{len(context.corners)}")  # more than the image holds: fewer
+    spread = selectors.choose(many, context)
+    assert 3 <= len(spread) < len(context.corners) and spread[:3] == boxes
+    assert all(_shared(a, b) <= SIZE * SIZE / 4 for i, a in enumerate(spread) for b in spread[:i])
     # the random selector's best window is random_window's pick, the rest a seeded order
     context = _context(blurred, seed=3, key="im1")
     first = selectors.choose(selectors.get("random-consensus-4"), context)

@@ -212,10 +212,10 @@ def heatmap(image: np.ndarray, corners: np.ndarray, size: int, scores: np.ndarra
 class SelectConfig:
     """Settings of one ``select`` run.
 
-    ``top``: the kernel is estimated jointly from the ``top`` best windows (one kernel whose
-    normal equations sum over them, each window keeping its own latent image); 1 is the
-    paper's single best window.  ``window``/``stride`` default to the model's; ``estimator``
-    to the model's labelling estimator.
+    ``top``: the kernel is estimated jointly from the ``top`` best windows that overlap little
+    (``selectors.distinct_top``: one kernel whose normal equations sum over them, each window
+    keeping its own latent image); 1 is the paper's single best window.  ``window``/``stride``
+    default to the model's; ``estimator`` to the model's labelling estimator.
     """
 
     model_dir: str
@@ -237,7 +237,7 @@ def run_select(image: np.ndarray, config: SelectConfig, true_kernel: np.ndarray 
     from kernels_gpu.similarity import similarity
 
     from .plots import plot_selection
-    from .selectors import rank_by_scores
+    from .selectors import distinct_top, rank_by_scores
 
     classifier = load_classifier(config.model_dir)
     size = config.window or classifier.window
@@ -254,8 +254,7 @@ def run_select(image: np.ndarray, config: SelectConfig, true_kernel: np.ndarray 
     start = time.perf_counter()
     scores = cnn_scores(classifier, image, corners, size)
     scoring = time.perf_counter() - start
-    order = rank_by_scores(scores)
-    chosen = order[: config.top]
+    chosen = distinct_top(scores, corners, size, config.top)
     y, x = (int(v) for v in corners[chosen[0]])
     regions = np.stack([image[cy : cy + size, cx : cx + size] for cy, cx in corners[chosen]])
     device = "gpu" if gpu_available() else "cpu"
@@ -285,7 +284,7 @@ def run_select(image: np.ndarray, config: SelectConfig, true_kernel: np.ndarray 
                 "x": int(corners[i][1]),
                 "score": float(scores[i]),
             }
-            for r, i in enumerate(order)
+            for r, i in enumerate(rank_by_scores(scores))
         ],
         "windows_scored": len(corners),
         "arch": classifier.arch,
