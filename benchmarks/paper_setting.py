@@ -6,7 +6,8 @@ each labelled by ``l0grad`` and Hu & Yang's similarity. The Kodak24 pictures are
 picture, fixed below: 18 train, 3 validation, 3 test. The test pictures are then blurred at their
 full 768 x 512 size (Levin's 8 kernels, and generated 41-55 px kernels), plus Levin's 32 real
 photographs and one 2048 x 2048 image, and every selector is scored by error ratio, PSNR and
-the seconds it spends.
+the seconds it spends; a second evaluation step per set adds joint estimation from the windows
+hu-yang and the oracle rank best (``EXTRA_SELECTORS``).
 
 Every step runs the ``goodregions`` command line in DIR and is resumable: rerun the same command
 after an interruption and the finished steps are skipped (each leaves ``DIR/steps/<step>.json``;
