@@ -121,15 +121,17 @@ def test_evaluate_validation_split_and_folder_without_truth(setup):
     assert len(table) == 2 * 7  # 1 validation source x 2 kernels, 7 selectors
     for _, image in table.groupby("image"):
         rows = image.set_index("selector")
-        assert rows.loc["cnn-consensus-3", "regions"] == 3 and rows.loc["cnn", "regions"] == 1
+        # the 3 best windows that overlap little: this grid of 4 holds 2 or 3; joint and consensus share them
+        assert 2 <= rows.loc["cnn-consensus-3", "regions"] <= 3 and rows.loc["cnn", "regions"] == 1
+        assert rows.loc["cnn-joint-3", "regions"] == rows.loc["cnn-consensus-3", "regions"]
         # consensus over one window is the top-1 window; over three its pick is one of them, the oracle bounds it
         assert (
             rows.loc["cnn-consensus-1", ["y", "x", "similarity"]].tolist()
             == rows.loc["cnn", ["y", "x", "similarity"]].tolist()
         )
         assert rows.loc["oracle", "similarity"] >= rows.loc["cnn-consensus-3", "similarity"] - 1e-6
-        # joint: one kernel from the 3 best windows, reported at the best one; over one window, the window's own
-        assert rows.loc["cnn-joint-3", "regions"] == 3 and rows.loc["cnn-joint-1", "regions"] == 1
+        # joint: one kernel from the 3 best distinct windows, reported at the best one; over one window, its own
+        assert rows.loc["cnn-joint-1", "regions"] == 1
         assert rows.loc["cnn-joint-3", ["y", "x"]].tolist() == rows.loc["cnn", ["y", "x"]].tolist()
         assert 0 < rows.loc["cnn-joint-3", "similarity"] <= 1
         one, cnn = rows.loc["cnn-joint-1", "similarity"], rows.loc["cnn", "similarity"]
