@@ -30,7 +30,7 @@ from ._shell import CONTEXT, Progress, load_input, user_errors
     type=int,
     default=1,
     show_default=True,
-    help="Estimate one kernel jointly from the K best windows (1: the best window alone).",
+    help="Estimate one kernel jointly from the K best windows that overlap little (1: the best window alone).",
 )
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @user_errors
@@ -63,7 +63,7 @@ def select(
     line = (
         f"best of {summary['windows_scored']} windows: ({best['y']}, {best['x']}) {best['size']} px, "
         f"score {best['score']:.2f}; kernel by {summary['estimator']}"
-        + (f" from the {len(summary['regions'])} best windows" if len(summary["regions"]) > 1 else "")
+        + (f" from the {len(summary['regions'])} best distinct windows" if len(summary["regions"]) > 1 else "")
         + f" in {summary['seconds']:.1f} s"
     )
     if "similarity_to_true_kernel" in summary:
