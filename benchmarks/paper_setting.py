@@ -57,7 +57,7 @@ class Preset:
     eval_stride: int  # window stride on the evaluation images (every window gets an oracle label)
     test_large_kernels: int  # generated 41-55 px kernels per test picture
     levin_real: int  # how many of Levin's 32 real photographs (0: none)
-    levin_stride: int  # window stride there: the photographs are 255 px, so 9 gives 4 x 4 windows of 228
+    levin_stride: int  # window stride there: the photographs are 255 px, so 9 gives 3 x 3 windows of 228
     big_side: int  # side of the large-image row (0: none)
     big_stride: int
     use_gpu: bool = False
