@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from _cli import goodregions
+from _images import camera_blur
 
 #: the fixed split by picture (Kodak24 file names); the test pictures are landscape 768 x 512
 TEST = ("kodim05", "kodim13", "kodim23")
@@ -165,16 +166,6 @@ def _pictures(kodak: pathlib.Path, names: tuple[str, ...], folder: pathlib.Path)
     return folder
 
 
-def _camera_blur(sharp: np.ndarray, kernel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The full-size blurred photograph: the picture extended symmetrically, 'valid' blur, noise, clipping."""
-    from kernels_gpu.conv import convolve
-
-    h = kernel.shape[0] // 2
-    padded = np.pad(sharp.astype(np.float64), h, mode="symmetric")
-    blurred = convolve(padded, kernel.astype(np.float64), "valid")
-    return np.clip(blurred + NOISE * rng.standard_normal(blurred.shape), 0, 1)
-
-
 def _write_eval_set(folder: pathlib.Path, pictures: dict[str, np.ndarray], kernels: dict[str, np.ndarray], seed: int):
     """Blurred 16-bit PNGs ``<picture>_<kernel>.png``, the kernels as .npy and the sharp pictures, for ingest."""
     from pipeline.files import write_kernel, write_png
@@ -187,7 +178,7 @@ def _write_eval_set(folder: pathlib.Path, pictures: dict[str, np.ndarray], kerne
     for pname, sharp in pictures.items():
         write_png(folder / "sharp" / f"{pname}.png", sharp, bits=16)
         for kname, kernel in kernels.items():
-            write_png(folder / "blurred" / f"{pname}_{kname}.png", _camera_blur(sharp, kernel, rng), bits=16)
+            write_png(folder / "blurred" / f"{pname}_{kname}.png", camera_blur(sharp, kernel, NOISE, rng), bits=16)
     return folder
 
 
